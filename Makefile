@@ -1,0 +1,40 @@
+# Everything a newcomer needs: `make run` serves, `make test` tests; both install first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PROTOS := $(shell find protos -name '*.proto')
+STAMP := $(VENV)/.installed
+
+.PHONY: install proto run test lint format clean
+
+install: $(STAMP) proto
+
+# Pinned dependencies (requirements.lock), then this package in editable mode.
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+# Generated code lives next to the package and is never committed or edited.
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+
+run: install
+	DEV_KMS=$${DEV_KMS:-auto} $(BIN)/python server.py
+
+test: install
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) build *.egg-info codec_grpc/v1/*_pb2*.py codec_grpc/v1/*_pb2.pyi

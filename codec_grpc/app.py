@@ -1,0 +1,77 @@
+"""Composition root: builds the service's objects from a :class:`Config`.
+
+Layers, each built from the one below: boto3 KMS client → KMS key provider →
+key manager (caches) → envelope codec → gRPC servicer and server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, cast
+
+import boto3
+import botocore.config
+import grpc
+
+from codec_grpc.codec import EnvelopeCodec
+from codec_grpc.config import Config
+from codec_grpc.keys import KeyManager, KeyPolicy
+from codec_grpc.kms import KmsKeyProvider
+from codec_grpc.service import CodecServicer, ServerOptions, ServiceLimits, create_server
+
+
+def kms_client(config: Config, **overrides: Any) -> Any:
+    """The boto3 KMS client: credentials from boto3's default chain, retries from botocore."""
+    retry_config = botocore.config.Config(
+        connect_timeout=config.kms_connect_timeout,
+        read_timeout=config.kms_read_timeout,
+        retries=cast(Any, {"mode": config.kms_retry_mode, "total_max_attempts": config.kms_max_attempts}),
+    )
+    params: dict[str, Any] = {"config": retry_config}
+    if config.aws_region:
+        params["region_name"] = config.aws_region
+    if config.aws_endpoint_url_kms:
+        params["endpoint_url"] = config.aws_endpoint_url_kms
+    params.update(overrides)
+    return boto3.session.Session().client("kms", **params)
+
+
+def key_policy(config: Config) -> KeyPolicy:
+    return KeyPolicy(
+        default_alias=config.kms_key_alias,
+        namespace_aliases=config.namespace_key_aliases,
+        rotation_interval=config.data_key_rotation_interval,
+        max_encryptions=config.data_key_max_encryptions,
+        cache_ttl=config.kms_cache_ttl,
+        cache_capacity=config.kms_cache_max_keys,
+    )
+
+
+@dataclass
+class CodecApp:
+    """Everything a running codec server holds."""
+
+    config: Config
+    provider: KmsKeyProvider
+    keys: KeyManager
+    codec: EnvelopeCodec
+    servicer: CodecServicer
+    server: grpc.Server
+    port: int
+
+
+def build_app(config: Config, client: Any) -> CodecApp:
+    """Wire the layers together around an injected boto3 KMS client; the server is not started."""
+    provider = KmsKeyProvider(client)
+    keys = KeyManager(provider, key_policy(config))
+    codec = EnvelopeCodec(keys, bind_namespace=config.namespace_binding)
+    limits = ServiceLimits(default_namespace=config.default_namespace, max_payloads=config.max_payloads_per_request)
+    servicer = CodecServicer(codec, keys, provider.stats, limits)
+    options = ServerOptions(
+        host=config.grpc_host,
+        port=config.grpc_port,
+        max_message_bytes=config.grpc_max_message_bytes,
+        max_workers=config.grpc_max_workers,
+    )
+    server, port = create_server(servicer, options)
+    return CodecApp(config, provider, keys, codec, servicer, server, port)

@@ -1,0 +1,261 @@
+"""Configuration: read once at start-up into one frozen, validated :class:`Config`.
+
+Every setting is an environment variable with an equivalent command-line flag
+(``KMS_CACHE_TTL`` ↔ ``--kms-cache-ttl``); a flag wins over the environment.
+:func:`load_config` takes the environment and argv as arguments, so nothing
+here reads ``os.environ`` itself. An invalid value raises
+:class:`~codec_grpc.errors.ConfigError` naming the setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from types import MappingProxyType
+from typing import Any
+
+from codec_grpc.caches import MAX_ENCRYPTIONS_LIMIT
+from codec_grpc.errors import ConfigError
+
+_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9._-]{1,255}$")
+
+
+def parse_int(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip().replace("_", ""))
+        except ValueError:
+            raise ValueError(f"must be an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}, got {value}")
+        return value
+
+    return parse
+
+
+def parse_seconds(low: float, high: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise ValueError(f"must be a number of seconds, got {text!r}") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low:g} and {high:g} seconds, got {value:g}")
+        return value
+
+    return parse
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"must be true or false, got {text!r}")
+
+
+def parse_choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {text!r}")
+        return value
+
+    return parse
+
+
+def parse_namespace(text: str) -> str:
+    value = text.strip()
+    if not _NAMESPACE_RE.match(value):
+        raise ValueError(f"must be a Temporal namespace name (letters, digits, '.', '_', '-'), got {text!r}")
+    return value
+
+
+def parse_key_id(text: str) -> str:
+    value = text.strip()
+    if not value or any(c.isspace() for c in value):
+        raise ValueError(f"must be a KMS alias (alias/NAME), key id or ARN, got {text!r}")
+    return value
+
+
+def parse_optional(text: str) -> str | None:
+    return text.strip() or None
+
+
+def parse_namespace_aliases(text: str) -> Mapping[str, str]:
+    aliases: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        namespace, sep, alias = item.partition("=")
+        if not sep:
+            raise ValueError(f"expected NAMESPACE=ALIAS pairs separated by commas, got {item!r}")
+        namespace, alias = parse_namespace(namespace), parse_key_id(alias)
+        if namespace in aliases:
+            raise ValueError(f"namespace {namespace!r} is listed twice")
+        aliases[namespace] = alias
+    return MappingProxyType(aliases)
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    default: str
+    parse: Callable[[str], Any]
+    help: str
+
+    @property
+    def field(self) -> str:
+        return self.env.lower()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.env.lower().replace("_", "-")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("GRPC_HOST", "0.0.0.0", parse_key_id, "address the gRPC server listens on"),
+    Setting("GRPC_PORT", "50051", parse_int(0, 65535), "gRPC port (0 picks a free port)"),
+    Setting(
+        "GRPC_MAX_MESSAGE_BYTES",
+        str(16 * 1024 * 1024),
+        parse_int(1024, 2**31 - 1),
+        "largest gRPC request accepted; larger ones get RESOURCE_EXHAUSTED",
+    ),
+    Setting("GRPC_MAX_WORKERS", "16", parse_int(1, 1024), "threads serving gRPC calls"),
+    Setting(
+        "MAX_PAYLOADS_PER_REQUEST",
+        "10000",
+        parse_int(1, 10_000_000),
+        "most payloads in one Encode/Decode request; more get RESOURCE_EXHAUSTED",
+    ),
+    Setting(
+        "DEFAULT_NAMESPACE",
+        "default",
+        parse_namespace,
+        "namespace used when a request names none (no request field, no x-namespace header)",
+    ),
+    Setting(
+        "NAMESPACE_BINDING",
+        "true",
+        parse_bool,
+        "bind every payload to its namespace: decoding it under another namespace is refused",
+    ),
+    Setting(
+        "KMS_KEY_ALIAS",
+        "alias/temporal-codec-latest",
+        parse_key_id,
+        "master key (alias, key id or ARN) for namespaces without their own",
+    ),
+    Setting(
+        "NAMESPACE_KEY_ALIASES", "", parse_namespace_aliases, "per-namespace master keys: 'ns-a=alias/a,ns-b=alias/b'"
+    ),
+    Setting(
+        "DATA_KEY_ROTATION_INTERVAL",
+        "3600",
+        parse_seconds(0.001, 366 * 86400),
+        "seconds a data key encrypts before a new one is generated",
+    ),
+    Setting(
+        "DATA_KEY_MAX_ENCRYPTIONS",
+        "10000000",
+        parse_int(1, MAX_ENCRYPTIONS_LIMIT),
+        "payloads one data key may encrypt before a new one is generated (at most 2**32)",
+    ),
+    Setting(
+        "KMS_CACHE_TTL",
+        "86400",
+        parse_seconds(0.001, 366 * 86400),
+        "seconds an unwrapped data key stays cached for decoding",
+    ),
+    Setting(
+        "KMS_CACHE_MAX_KEYS",
+        "10000",
+        parse_int(1, 10_000_000),
+        "most unwrapped data keys cached (least recently used goes first)",
+    ),
+    Setting("AWS_REGION", "", parse_optional, "AWS region of the KMS keys (default: boto3's chain)"),
+    Setting("AWS_ENDPOINT_URL_KMS", "", parse_optional, "KMS endpoint URL (default: AWS's, per region)"),
+    Setting("KMS_CONNECT_TIMEOUT", "2", parse_seconds(0.01, 300), "seconds to connect to KMS"),
+    Setting("KMS_READ_TIMEOUT", "5", parse_seconds(0.01, 300), "seconds to wait for a KMS answer"),
+    Setting("KMS_MAX_ATTEMPTS", "3", parse_int(1, 20), "KMS attempts per call, first included (botocore retries)"),
+    Setting("KMS_RETRY_MODE", "standard", parse_choice("standard", "adaptive", "legacy"), "botocore retry mode"),
+    Setting(
+        "DEV_KMS",
+        "off",
+        parse_choice("off", "auto", "on"),
+        "embedded development KMS (moto) on loopback: on, off, or auto = only when no AWS "
+        "credentials or KMS endpoint are configured. Never for production data",
+    ),
+    Setting("LOG_LEVEL", "INFO", parse_choice("debug", "info", "warning", "error"), "log level"),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    grpc_host: str
+    grpc_port: int
+    grpc_max_message_bytes: int
+    grpc_max_workers: int
+    max_payloads_per_request: int
+    default_namespace: str
+    namespace_binding: bool
+    kms_key_alias: str
+    namespace_key_aliases: Mapping[str, str]
+    data_key_rotation_interval: float
+    data_key_max_encryptions: int
+    kms_cache_ttl: float
+    kms_cache_max_keys: int
+    aws_region: str | None
+    aws_endpoint_url_kms: str | None
+    kms_connect_timeout: float
+    kms_read_timeout: float
+    kms_max_attempts: int
+    kms_retry_mode: str
+    dev_kms: str
+    log_level: str
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="codec-server",
+        description="Temporal payload codec server: AES-256-GCM envelope encryption with AWS KMS data keys. "
+        "Every flag has an environment variable of the same name in upper case "
+        "(--grpc-port = GRPC_PORT); a flag wins over the environment.",
+    )
+    for setting in SETTINGS:
+        shown = setting.default or "unset"
+        parser.add_argument(
+            setting.flag,
+            dest=setting.field,
+            metavar=setting.env,
+            help=f"{setting.help} [env {setting.env}, default: {shown}]",
+        )
+    return parser
+
+
+def load_config(environ: Mapping[str, str], argv: Sequence[str] = ()) -> Config:
+    """Build the configuration from flags, then the environment, then defaults."""
+    flags = vars(build_parser().parse_args(list(argv)))
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw = flags.get(setting.field)
+        if raw is None:
+            raw = environ.get(setting.env, setting.default)
+        try:
+            values[setting.field] = setting.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(setting.env, str(exc)) from None
+    config = Config(**{f.name: values[f.name] for f in fields(Config)})
+    _check_consistency(config)
+    return config
+
+
+def _check_consistency(config: Config) -> None:
+    if config.data_key_max_encryptions < config.max_payloads_per_request:
+        raise ConfigError(
+            "DATA_KEY_MAX_ENCRYPTIONS",
+            f"must be at least MAX_PAYLOADS_PER_REQUEST ({config.max_payloads_per_request}), "
+            f"got {config.data_key_max_encryptions}",
+        )

@@ -1,0 +1,110 @@
+"""The service's own errors.
+
+Every layer raises only these; each transport maps them to its status codes in
+one place (``codec_grpc.service`` for gRPC). Messages are written for a person
+and never contain key material or payload contents.
+
+    CodecError
+    ├── PayloadError                 one payload cannot be decoded      INVALID_ARGUMENT
+    │   ├── DecryptionError          authentication failed (tampering)  INVALID_ARGUMENT
+    │   └── NamespaceMismatchError   written for another namespace      PERMISSION_DENIED
+    ├── RequestError                 the request as a whole is refused  INVALID_ARGUMENT
+    │   └── RequestTooLargeError     over a configured limit            RESOURCE_EXHAUSTED
+    └── KeyProviderError             KMS refused or failed              (by subclass)
+        ├── KmsUnavailableError      unreachable, timed out, throttled  UNAVAILABLE
+        ├── KmsAccessDeniedError     IAM / key policy refused           PERMISSION_DENIED
+        ├── KmsKeyStateError         key disabled, pending deletion     FAILED_PRECONDITION
+        ├── KmsNotFoundError         no such key or alias               FAILED_PRECONDITION
+        ├── KmsInvalidCiphertextError data key cannot be unwrapped      INVALID_ARGUMENT
+        └── KmsResponseError         KMS answered something unusable    INTERNAL
+"""
+
+from __future__ import annotations
+
+
+class CodecError(Exception):
+    """Base of every error this service raises on purpose."""
+
+
+class ConfigError(CodecError):
+    """A setting has an invalid value; ``setting`` names it."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(f"{setting}: {message}")
+        self.setting = setting
+
+
+class RequestError(CodecError):
+    """The request as a whole is invalid (bad namespace, malformed input)."""
+
+
+class RequestTooLargeError(RequestError):
+    """The request exceeds a configured limit."""
+
+
+class PayloadError(CodecError):
+    """One payload of a batch cannot be processed; ``index`` is its position."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(f"payload {index}: {reason}")
+        self.index = index
+        self.reason = reason
+
+
+class DecryptionError(PayloadError):
+    """AES-GCM authentication failed: data or metadata altered, or a key swapped."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(
+            index,
+            "decryption failed: the encrypted data or its metadata was altered, or it was encrypted under another key",
+        )
+
+
+class NamespaceMismatchError(PayloadError):
+    """A payload bound to one namespace was requested under another."""
+
+    def __init__(self, index: int, written_for: str, requested: str) -> None:
+        super().__init__(
+            index,
+            f"written for namespace {written_for!r}, requested as {requested!r}; "
+            "send the request with the payload's namespace "
+            "(request field 'namespace' or header 'x-namespace')",
+        )
+        self.written_for = written_for
+        self.requested = requested
+
+
+class KeyProviderError(CodecError):
+    """The key provider (KMS) refused or failed. Messages name only the key id."""
+
+
+class KmsUnavailableError(KeyProviderError):
+    """KMS could not be reached, timed out, throttled or answered 5xx: retry later."""
+
+
+class KmsAccessDeniedError(KeyProviderError):
+    """IAM or the key policy does not allow the operation."""
+
+
+class KmsKeyStateError(KeyProviderError):
+    """The KMS key exists but cannot be used (disabled, pending deletion, ...)."""
+
+
+class KmsNotFoundError(KeyProviderError):
+    """The KMS key or alias does not exist."""
+
+
+class KmsInvalidCiphertextError(KeyProviderError):
+    """KMS cannot unwrap the encrypted data key (corrupt, wrong key or context)."""
+
+
+class KmsResponseError(KeyProviderError):
+    """KMS answered something the service cannot use (e.g. a key of wrong length)."""
+
+
+def with_index(error: KeyProviderError, index: int) -> KeyProviderError:
+    """Return a copy of a key provider error whose message names a payload index."""
+    annotated = type(error)(f"payload {index}: {error}")
+    annotated.__cause__ = error
+    return annotated

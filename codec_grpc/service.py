@@ -1,0 +1,193 @@
+"""gRPC transport: the CodecService servicer, error mapping and the server factory.
+
+This module only translates: requests into codec calls, the service's errors
+into gRPC status codes (in :func:`status_for`, the one place that does so).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from concurrent import futures
+from dataclasses import dataclass
+from typing import NoReturn, TypeVar
+
+import grpc
+
+from codec_grpc import errors
+from codec_grpc.codec import EnvelopeCodec
+from codec_grpc.config import parse_namespace
+from codec_grpc.keys import KeyManager, KeyStats
+from codec_grpc.kms import KmsCallStats
+from codec_grpc.v1 import codec_pb2, codec_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+NAMESPACE_HEADER = "x-namespace"
+T = TypeVar("T")
+SERVICE_NAME = codec_pb2.DESCRIPTOR.services_by_name["CodecService"].full_name
+
+_STATUS_BY_ERROR: Sequence[tuple[type[errors.CodecError], grpc.StatusCode]] = (
+    (errors.NamespaceMismatchError, grpc.StatusCode.PERMISSION_DENIED),
+    (errors.PayloadError, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.RequestTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.RequestError, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.KmsUnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (errors.KmsAccessDeniedError, grpc.StatusCode.PERMISSION_DENIED),
+    (errors.KmsKeyStateError, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.KmsNotFoundError, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.KmsInvalidCiphertextError, grpc.StatusCode.INVALID_ARGUMENT),
+)
+
+
+def status_for(error: errors.CodecError) -> grpc.StatusCode:
+    """The gRPC status code for one of the service's errors."""
+    for error_type, code in _STATUS_BY_ERROR:
+        if isinstance(error, error_type):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    default_namespace: str = "default"
+    max_payloads: int = 10_000
+
+
+class CodecServicer(codec_pb2_grpc.CodecServiceServicer):
+    """Serves CodecService by delegating to the envelope codec."""
+
+    def __init__(
+        self,
+        codec: EnvelopeCodec,
+        keys: KeyManager,
+        kms_stats: Callable[[], KmsCallStats],
+        limits: ServiceLimits,
+    ) -> None:
+        self._codec = codec
+        self._keys = keys
+        self._kms_stats = kms_stats
+        self._limits = limits
+
+    def Encode(self, request: codec_pb2.EncodeRequest, context: grpc.ServicerContext) -> codec_pb2.EncodeResponse:
+        return self._run(
+            context,
+            lambda: codec_pb2.EncodeResponse(
+                payloads=self._codec.encode(
+                    self._checked(request.payloads), self._namespace(request.namespace, context)
+                )
+            ),
+        )
+
+    def Decode(self, request: codec_pb2.DecodeRequest, context: grpc.ServicerContext) -> codec_pb2.DecodeResponse:
+        return self._run(
+            context,
+            lambda: codec_pb2.DecodeResponse(
+                payloads=self._codec.decode(
+                    self._checked(request.payloads), self._namespace(request.namespace, context)
+                )
+            ),
+        )
+
+    def Stats(self, request: codec_pb2.StatsRequest, context: grpc.ServicerContext) -> codec_pb2.StatsResponse:
+        return self._run(context, lambda: self._stats(self._namespace(request.namespace, context)))
+
+    def _stats(self, namespace: str) -> codec_pb2.StatsResponse:
+        slot = (self._keys.policy.alias_for(namespace), namespace if self._codec.bind_namespace else None)
+        return stats_response(namespace, self._keys.stats(), self._kms_stats(), slot)
+
+    def _checked(self, payloads: Sequence[codec_pb2.Payload]) -> Sequence[codec_pb2.Payload]:
+        if len(payloads) > self._limits.max_payloads:
+            raise errors.RequestTooLargeError(
+                f"{len(payloads)} payloads in one request; the limit is {self._limits.max_payloads} "
+                "(MAX_PAYLOADS_PER_REQUEST): split the batch"
+            )
+        return payloads
+
+    def _namespace(self, requested: str, context: grpc.ServicerContext) -> str:
+        if not requested:
+            header = dict(context.invocation_metadata()).get(NAMESPACE_HEADER)
+            requested = header if isinstance(header, str) else ""
+        if not requested:
+            return self._limits.default_namespace
+        try:
+            return parse_namespace(requested)
+        except ValueError as exc:
+            raise errors.RequestError(f"invalid namespace: {exc}") from None
+
+    def _run(self, context: grpc.ServicerContext, call: Callable[[], T]) -> T:
+        try:
+            return call()
+        except errors.CodecError as exc:
+            code = status_for(exc)
+            log.warning("request refused: %s: %s", code.name, exc)
+            _abort(context, code, str(exc))
+        except Exception:
+            log.exception("internal error while serving a request")
+            _abort(context, grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
+
+
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    context.abort(code, message)
+    raise AssertionError("unreachable: context.abort raises")
+
+
+def stats_response(
+    namespace: str, keys: KeyStats, kms: KmsCallStats, slot: tuple[str, str | None]
+) -> codec_pb2.StatsResponse:
+    """Build the Stats answer; the ``current_key_*`` fields describe ``slot``'s key."""
+    response = codec_pb2.StatsResponse(
+        namespace=namespace,
+        cached_keys_count=keys.cached_keys,
+        kms_generate_data_key_calls=kms.count("GenerateDataKey"),
+        kms_decrypt_calls=kms.count("Decrypt"),
+        kms_errors=kms.errors,
+        hot_cache_hits=keys.hot_hits,
+        hot_cache_misses=keys.hot_misses,
+        cold_cache_hits=keys.cold_hits,
+        cold_cache_misses=keys.cold_misses,
+        cold_cache_evictions=keys.cold_evictions,
+        cold_cache_size=keys.cold_size,
+        cold_cache_capacity=keys.cold_capacity,
+    )
+    for current in keys.current_keys:
+        response.current_keys.add(
+            key_alias=current.alias,
+            key_arn=current.key_arn,
+            namespace=current.namespace or "",
+            age_seconds=current.age,
+            expires_in_seconds=current.expires_in,
+            expired=current.expired,
+            encryptions=current.encryptions,
+        )
+        if (current.alias, current.namespace) == slot:
+            response.current_key_present = True
+            response.current_key_age_seconds = current.age
+            response.current_key_expires_in_seconds = current.expires_in
+            response.current_key_expired = current.expired
+    return response
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    host: str = "127.0.0.1"
+    port: int = 0
+    max_message_bytes: int = 16 * 1024 * 1024
+    max_workers: int = 16
+
+
+def create_server(servicer: CodecServicer, options: ServerOptions) -> tuple[grpc.Server, int]:
+    """Build (not start) a threaded gRPC server; returns it with the bound port."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="grpc"),
+        options=[
+            ("grpc.max_receive_message_length", options.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    codec_pb2_grpc.add_CodecServiceServicer_to_server(servicer, server)
+    address = f"[{options.host}]:{options.port}" if ":" in options.host else f"{options.host}:{options.port}"
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    return server, port
