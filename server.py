@@ -100,6 +100,7 @@ def _serve(app: CodecApp) -> None:
         "on" if config.namespace_binding else "off",
     )
     stopping.wait()
+    app.health.enter_graceful_shutdown()  # NOT_SERVING: load balancers and probes stop sending
     app.server.stop(grace=30).wait()
     log.info("stopped")
 

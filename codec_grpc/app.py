@@ -12,6 +12,7 @@ from typing import Any, cast
 import boto3
 import botocore.config
 import grpc
+from grpc_health.v1 import health
 
 from codec_grpc.codec import EnvelopeCodec
 from codec_grpc.config import Config
@@ -56,6 +57,7 @@ class CodecApp:
     keys: KeyManager
     codec: EnvelopeCodec
     servicer: CodecServicer
+    health: health.HealthServicer
     server: grpc.Server
     port: int
 
@@ -73,5 +75,6 @@ def build_app(config: Config, client: Any) -> CodecApp:
         max_message_bytes=config.grpc_max_message_bytes,
         max_workers=config.grpc_max_workers,
     )
-    server, port = create_server(servicer, options)
-    return CodecApp(config, provider, keys, codec, servicer, server, port)
+    health_servicer = health.HealthServicer()
+    server, port = create_server(servicer, options, health_servicer)
+    return CodecApp(config, provider, keys, codec, servicer, health_servicer, server, port)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import NoReturn, TypeVar
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from codec_grpc import errors
 from codec_grpc.codec import EnvelopeCodec
@@ -176,8 +178,15 @@ class ServerOptions:
     max_workers: int = 16
 
 
-def create_server(servicer: CodecServicer, options: ServerOptions) -> tuple[grpc.Server, int]:
-    """Build (not start) a threaded gRPC server; returns it with the bound port."""
+def create_server(
+    servicer: CodecServicer, options: ServerOptions, health_servicer: health.HealthServicer | None = None
+) -> tuple[grpc.Server, int]:
+    """Build (not start) a threaded gRPC server; returns it with the bound port.
+
+    Besides CodecService it serves the standard ``grpc.health.v1.Health`` service
+    (SERVING for "" and for CodecService's full name) and server reflection, so
+    grpcurl and Kubernetes' gRPC probes work without proto files.
+    """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="grpc"),
         options=[
@@ -186,6 +195,11 @@ def create_server(servicer: CodecServicer, options: ServerOptions) -> tuple[grpc
         ],
     )
     codec_pb2_grpc.add_CodecServiceServicer_to_server(servicer, server)
+    health_servicer = health_servicer or health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     address = f"[{options.host}]:{options.port}" if ":" in options.host else f"{options.host}:{options.port}"
     port = server.add_insecure_port(address)
     if port == 0:
