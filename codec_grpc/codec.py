@@ -82,6 +82,9 @@ class EnvelopeCodec:
             key = self._keys.decryption_key(key_id, encrypted_key, written_for)
         except errors.KeyProviderError as exc:
             raise errors.with_index(exc, index) from exc
+        if (key.key_id, key.encrypted_key, key.namespace) != (key_id, encrypted_key, written_for):
+            # The key's precomputed associated data must be this payload's, whatever the key source did.
+            raise errors.DecryptionError(index)
         try:
             plaintext = key.decrypt(payload.data)
         except wireformat.AuthenticationFailed:

@@ -91,10 +91,21 @@ def counted_client(client: Any) -> tuple[Any, KmsSends]:
     return client, sends
 
 
+def boto_kms(endpoint_url: str | None = None) -> Any:
+    """A plain boto3 KMS client with test credentials."""
+    session: Any = boto3.session.Session()
+    return session.client("kms", endpoint_url=endpoint_url, region_name=REGION, **TEST_CREDENTIALS)
+
+
+def details(caught: pytest.ExceptionInfo[grpc.RpcError]) -> str:
+    """The status message of a failed call."""
+    return caught.value.details() or ""
+
+
 @pytest.fixture
 def admin_kms(kms_endpoint: str) -> Any:
     """A plain boto3 client for setting up keys and aliases (not counted)."""
-    return boto3.session.Session().client("kms", endpoint_url=kms_endpoint, region_name=REGION, **TEST_CREDENTIALS)
+    return boto_kms(kms_endpoint)
 
 
 @pytest.fixture

@@ -1,0 +1,238 @@
+"""Key management with a fake provider and a fake clock: caches, rotation, single-flight."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from codec_grpc import errors
+from codec_grpc.caches import CurrentKeyCache, DecryptedKeyCache
+from codec_grpc.keys import KeyManager, KeyPolicy
+from codec_grpc.singleflight import SingleFlight
+from tests.fakes import FakeClock, FakeProvider
+
+
+def manager(provider: FakeProvider, clock: FakeClock, **policy: object) -> KeyManager:
+    settings: dict[str, object] = {"default_alias": "alias/default", **policy}
+    return KeyManager(provider, KeyPolicy(**settings), clock=clock)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def provider() -> FakeProvider:
+    return FakeProvider()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def test_current_key_is_reused_until_rotation_interval(provider: FakeProvider, clock: FakeClock) -> None:
+    keys = manager(provider, clock, rotation_interval=60)
+    first = keys.encryption_key("ns", "ns", 1)
+    for _ in range(1000):
+        assert keys.encryption_key("ns", "ns", 1) is first
+    clock.advance(59.9)
+    assert keys.encryption_key("ns", "ns", 1) is first
+    clock.advance(0.1)
+    second = keys.encryption_key("ns", "ns", 1)
+    assert second is not first
+    assert provider.calls["GenerateDataKey"] == 2
+
+
+def test_current_key_retires_after_max_encryptions(provider: FakeProvider, clock: FakeClock) -> None:
+    keys = manager(provider, clock, max_encryptions=10)
+    first = keys.encryption_key("ns", "ns", 6)
+    assert keys.encryption_key("ns", "ns", 4) is first
+    second = keys.encryption_key("ns", "ns", 1)
+    assert second is not first
+    assert keys.stats().current_keys[0].encryptions == 1
+
+
+def test_batch_larger_than_key_limit_is_refused(provider: FakeProvider, clock: FakeClock) -> None:
+    keys = manager(provider, clock, max_encryptions=10)
+    with pytest.raises(errors.RequestTooLargeError, match="a batch of 11 payloads exceeds DATA_KEY_MAX_ENCRYPTIONS=10"):
+        keys.encryption_key("ns", "ns", 11)
+
+
+def test_slots_per_alias_and_binding(provider: FakeProvider, clock: FakeClock) -> None:
+    keys = manager(provider, clock, namespace_aliases={"team-a": "alias/a"})
+    a = keys.encryption_key("team-a", "team-a", 1)
+    b = keys.encryption_key("team-b", "team-b", 1)
+    c = keys.encryption_key("team-c", "team-c", 1)
+    unbound_a = keys.encryption_key("team-a", None, 1)
+    unbound_b = keys.encryption_key("team-b", None, 1)
+    assert a.key_id.endswith("alias/a") and b.key_id.endswith("alias/default")
+    assert len({id(k) for k in (a, b, c, unbound_a, unbound_b)}) == 5
+    assert keys.encryption_key("team-d", None, 1) is unbound_b
+    slots = {(k.alias, k.namespace) for k in keys.stats().current_keys}
+    assert ("alias/a", "team-a") in slots and ("alias/default", None) in slots
+
+
+def test_generated_key_decrypts_without_provider_call(provider: FakeProvider, clock: FakeClock) -> None:
+    keys = manager(provider, clock)
+    key = keys.encryption_key("ns", "ns", 1)
+    assert keys.decryption_key(key.key_id, key.encrypted_key, "ns") is key
+    assert provider.calls["Decrypt"] == 0
+
+
+def test_decryption_key_unwrapped_once_then_cached_until_ttl(provider: FakeProvider, clock: FakeClock) -> None:
+    writer = manager(FakeProvider(), clock)
+    written = writer.encryption_key("ns", "ns", 1)
+    keys = manager(provider, clock, cache_ttl=100)
+    for _ in range(1000):
+        keys.decryption_key(written.key_id, written.encrypted_key, "ns")
+    assert provider.calls["Decrypt"] == 1
+    clock.advance(100)
+    keys.decryption_key(written.key_id, written.encrypted_key, "ns")
+    assert provider.calls["Decrypt"] == 2
+
+
+def test_decrypted_cache_evicts_least_recently_used(provider: FakeProvider, clock: FakeClock) -> None:
+    writer = manager(FakeProvider(), clock, max_encryptions=1)
+    written = [writer.encryption_key("ns", "ns", 1) for _ in range(3)]
+    keys = manager(provider, clock, cache_capacity=2)
+    for key in written[:2]:
+        keys.decryption_key(key.key_id, key.encrypted_key, "ns")
+    keys.decryption_key(written[0].key_id, written[0].encrypted_key, "ns")  # 0 is now most recent
+    keys.decryption_key(written[2].key_id, written[2].encrypted_key, "ns")  # evicts 1
+    assert provider.calls["Decrypt"] == 3
+    keys.decryption_key(written[0].key_id, written[0].encrypted_key, "ns")
+    assert provider.calls["Decrypt"] == 3
+    keys.decryption_key(written[1].key_id, written[1].encrypted_key, "ns")
+    assert provider.calls["Decrypt"] == 4
+    stats = keys.stats()
+    assert (stats.cold_size, stats.cold_capacity, stats.cold_evictions) == (2, 2, 2)
+
+
+def test_cache_key_includes_namespace(provider: FakeProvider, clock: FakeClock) -> None:
+    """A key unwrapped for one namespace is not handed out for another without KMS."""
+    keys = manager(provider, clock)
+    key = keys.encryption_key("ns", "ns", 1)
+    with pytest.raises(errors.KmsInvalidCiphertextError):
+        keys.decryption_key(key.key_id, key.encrypted_key, "other")
+    assert provider.calls["Decrypt"] == 1
+
+
+def test_concurrent_misses_make_one_generate_call(clock: FakeClock) -> None:
+    provider = FakeProvider(delay=0.2)
+    keys = manager(provider, clock)
+    barrier = threading.Barrier(16)
+
+    def encrypt() -> object:
+        barrier.wait()
+        return keys.encryption_key("ns", "ns", 1)
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda _: encrypt(), range(16)))
+    assert provider.calls["GenerateDataKey"] == 1
+    assert len({id(k) for k in results}) == 1
+    assert keys.stats().current_keys[0].encryptions == 16
+
+
+def test_concurrent_rotation_makes_one_generate_call(clock: FakeClock) -> None:
+    provider = FakeProvider(delay=0.1)
+    keys = manager(provider, clock, rotation_interval=10)
+    keys.encryption_key("ns", "ns", 1)
+    clock.advance(10)
+    barrier = threading.Barrier(12)
+
+    def encrypt() -> object:
+        barrier.wait()
+        return keys.encryption_key("ns", "ns", 1)
+
+    with ThreadPoolExecutor(12) as pool:
+        list(pool.map(lambda _: encrypt(), range(12)))
+    assert provider.calls["GenerateDataKey"] == 2
+
+
+def test_concurrent_cold_misses_make_one_decrypt_call(clock: FakeClock) -> None:
+    written = manager(FakeProvider(), clock).encryption_key("ns", "ns", 1)
+    provider = FakeProvider(delay=0.2)
+    keys = manager(provider, clock)
+    barrier = threading.Barrier(16)
+
+    def unwrap() -> object:
+        barrier.wait()
+        return keys.decryption_key(written.key_id, written.encrypted_key, "ns")
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda _: unwrap(), range(16)))
+    assert provider.calls["Decrypt"] == 1
+    assert len({id(k) for k in results}) == 1
+
+
+def test_waiters_share_the_leaders_error_and_later_calls_retry(clock: FakeClock) -> None:
+    provider = FakeProvider(delay=0.2)
+    provider.fail_with = errors.KmsUnavailableError("KMS down")
+    keys = manager(provider, clock)
+    barrier = threading.Barrier(8)
+
+    def encrypt() -> BaseException | None:
+        barrier.wait()
+        try:
+            keys.encryption_key("ns", "ns", 1)
+        except errors.KmsUnavailableError as exc:
+            return exc
+        return None
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(lambda _: encrypt(), range(8)))
+    assert all(isinstance(o, errors.KmsUnavailableError) for o in outcomes)
+    assert provider.calls["GenerateDataKey"] == 1
+    provider.fail_with = None
+    keys.encryption_key("ns", "ns", 1)
+    assert provider.calls["GenerateDataKey"] == 2
+
+
+def test_stats_count_distinct_keys_and_expiry(provider: FakeProvider, clock: FakeClock) -> None:
+    keys = manager(provider, clock, rotation_interval=100)
+    keys.encryption_key("a", "a", 3)
+    keys.encryption_key("b", "b", 1)
+    clock.advance(40)
+    stats = keys.stats()
+    assert stats.cached_keys == 2
+    current = {k.namespace: k for k in stats.current_keys}
+    assert current["a"].age == pytest.approx(40)
+    assert current["a"].expires_in == pytest.approx(60)
+    assert current["a"].encryptions == 3 and not current["a"].expired
+    clock.advance(60)
+    assert all(k.expired and k.expires_in == 0 for k in keys.stats().current_keys)
+    assert "plaintext" not in repr(stats)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_age": 0, "max_encryptions": 1}, "max_age must be greater than 0, got 0"),
+        ({"max_age": 1, "max_encryptions": 0}, "max_encryptions must be between 1 and 2\\*\\*32, got 0"),
+        (
+            {"max_age": 1, "max_encryptions": 2**32 + 1},
+            "max_encryptions must be between 1 and 2\\*\\*32, got 4294967297",
+        ),
+    ],
+)
+def test_current_cache_limits_are_validated(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        CurrentKeyCache(clock=FakeClock(), **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"ttl": 0, "capacity": 1}, "ttl must be greater than 0, got 0"),
+        ({"ttl": 1, "capacity": 0}, "capacity must be at least 1, got 0"),
+    ],
+)
+def test_decrypted_cache_limits_are_validated(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        DecryptedKeyCache(clock=FakeClock(), **kwargs)  # type: ignore[arg-type]
+
+
+def test_single_flight_forgets_completed_calls() -> None:
+    flight: SingleFlight[int] = SingleFlight()
+    assert flight.do("k", lambda: 1) == 1
+    assert flight.do("k", lambda: 2) == 2
+    assert flight.in_flight() == 0
