@@ -7,6 +7,7 @@ into gRPC status codes (in :func:`status_for`, the one place that does so).
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
@@ -124,8 +125,11 @@ class CodecServicer(codec_pb2_grpc.CodecServiceServicer):
             code = status_for(exc)
             log.warning("request refused: %s: %s", code.name, exc)
             _abort(context, code, str(exc))
-        except Exception:
-            log.exception("internal error while serving a request")
+        except Exception as exc:
+            # The type and place only: a message or a traceback's locals might quote request data.
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            log.error("internal error: %s at %s:%d", type(exc).__name__, frame.filename, frame.lineno)
+            log.debug("internal error details", exc_info=True)
             _abort(context, grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
 
 
@@ -201,7 +205,10 @@ def create_server(
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     address = f"[{options.host}]:{options.port}" if ":" in options.host else f"{options.host}:{options.port}"
-    port = server.add_insecure_port(address)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:  # grpc's way of saying the bind failed
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {address}")
+        raise OSError(f"cannot listen on {address} (address in use, or not an address of this machine)")
     return server, port

@@ -328,3 +328,23 @@ def test_stats_reports_expired_key(codec_server: Start, key: tuple[str, str]) ->
     time.sleep(0.3)
     stats = server.stub.Stats(pb.StatsRequest())
     assert stats.current_key_expired and stats.current_key_expires_in_seconds == 0
+
+
+def test_unexpected_error_is_internal_without_details(server: RunningCodec, caplog: pytest.LogCaptureFixture) -> None:
+    """A bug answers INTERNAL with a fixed message; the log names the error type, not the data."""
+
+    def broken(*_: object) -> list[pb.Payload]:
+        raise ZeroDivisionError("secret-looking detail")
+
+    server.app.codec.encode = broken  # type: ignore[method-assign]
+    with pytest.raises(grpc.RpcError) as caught:
+        encode(server, payloads(1))
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert details(caught) == "internal error; the server log has the details"
+    assert "ZeroDivisionError" in caplog.text
+    assert "secret-looking detail" not in caplog.text
+
+
+def test_port_in_use_is_a_clear_error(server: RunningCodec, codec_server: Start) -> None:
+    with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{server.app.port} \\(address in use"):
+        codec_server(GRPC_PORT=server.app.port)
