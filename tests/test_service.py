@@ -336,7 +336,7 @@ def test_unexpected_error_is_internal_without_details(server: RunningCodec, capl
     def broken(*_: object) -> list[pb.Payload]:
         raise ZeroDivisionError("secret-looking detail")
 
-    server.app.codec.encode = broken  # type: ignore[method-assign]
+    server.app.codec.encode = broken  # type: ignore[method-assign, assignment]
     with pytest.raises(grpc.RpcError) as caught:
         encode(server, payloads(1))
     assert caught.value.code() == grpc.StatusCode.INTERNAL
