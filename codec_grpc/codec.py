@@ -7,7 +7,7 @@ Contract (as ``temporalio.converter.PayloadCodec``):
 * ``encode`` encrypts each whole payload (metadata, data, external_payloads)
   into the format of ``codec_grpc.wireformat``.
 * ``decode`` decrypts each ``binary/encrypted`` payload and returns every other
-  payload as it was given (the same object).
+  payload as it was given (the same object, or the same bytes).
 * A failure raises a ``codec_grpc.errors.CodecError`` naming the payload index;
   no partial result is returned.
 
@@ -39,6 +39,11 @@ class KeySource(Protocol):
 class EnvelopeCodec:
     """Encrypts and decrypts Temporal payloads under KMS-wrapped data keys.
 
+    Two forms with one contract: :meth:`encode`/:meth:`decode` over ``Payload``
+    objects (the reference), and :meth:`encode_serialized`/:meth:`decode_serialized`
+    over serialized payloads, which the gRPC service uses to spare a parse and
+    a re-serialization per payload. Tests check that both give the same bytes.
+
     With ``bind_namespace`` (the default) every payload records the namespace it
     was encoded for, authenticated, and decoding it under another namespace is
     refused. Without it, payloads are not bound, but payloads that were bound
@@ -57,24 +62,74 @@ class EnvelopeCodec:
     def encode(self, payloads: Sequence[Payload], namespace: str) -> list[Payload]:
         if not payloads:
             return []
-        binding = namespace if self._bind else None
-        key = self._keys.encryption_key(namespace, binding, len(payloads))
-        nonce_size = wireformat.NONCE_SIZE
-        nonces = self._nonces(nonce_size * len(payloads))
-        encoded = []
-        for index, payload in enumerate(payloads):
-            nonce = nonces[index * nonce_size : (index + 1) * nonce_size]
-            data = key.encrypt(payload.SerializeToString(deterministic=True), nonce)
-            encoded.append(Payload(metadata=key.metadata, data=data))
-        return encoded
+        key, nonces = self._batch(namespace, len(payloads))
+        size = wireformat.NONCE_SIZE
+        return [
+            Payload(
+                metadata=key.metadata,
+                data=key.encrypt(p.SerializeToString(deterministic=True), nonces[i * size : (i + 1) * size]),
+            )
+            for i, p in enumerate(payloads)
+        ]
+
+    def encode_serialized(self, payloads: Sequence[bytes], namespace: str) -> list[bytes]:
+        """Like :meth:`encode`, over serialized payloads; the plaintext is each payload's bytes as given."""
+        if not payloads:
+            return []
+        for index, raw in enumerate(payloads):
+            _parse(index, raw, "not a serialized Payload")
+        key, nonces = self._batch(namespace, len(payloads))
+        size = wireformat.NONCE_SIZE
+        return [key.seal(raw, nonces[i * size : (i + 1) * size]) for i, raw in enumerate(payloads)]
 
     def decode(self, payloads: Sequence[Payload], namespace: str) -> list[Payload]:
-        return [self._decode_one(index, payload, namespace) for index, payload in enumerate(payloads)]
+        decoded: list[Payload] = []
+        seen: dict[tuple[bytes | None, ...], DataKey] = {}
+        for index, payload in enumerate(payloads):
+            plaintext = self._open(index, payload, namespace, seen)
+            decoded.append(payload if plaintext is None else _parse(index, plaintext, _NOT_A_PAYLOAD))
+        return decoded
 
-    def _decode_one(self, index: int, payload: Payload, namespace: str) -> Payload:
+    def decode_serialized(self, payloads: Sequence[bytes], namespace: str) -> list[bytes]:
+        """Like :meth:`decode`, over serialized payloads; pass-through payloads come back as given."""
+        decoded: list[bytes] = []
+        seen: dict[tuple[bytes | None, ...], DataKey] = {}
+        for index, raw in enumerate(payloads):
+            plaintext = self._open(index, _parse(index, raw, "not a serialized Payload"), namespace, seen)
+            if plaintext is None:
+                decoded.append(raw)
+            else:
+                _parse(index, plaintext, _NOT_A_PAYLOAD)
+                decoded.append(plaintext)
+        return decoded
+
+    def _batch(self, namespace: str, count: int) -> tuple[DataKey, bytes]:
+        """The data key for a batch of ``count`` payloads, and a nonce for each."""
+        key = self._keys.encryption_key(namespace, namespace if self._bind else None, count)
+        return key, self._nonces(wireformat.NONCE_SIZE * count)
+
+    def _open(
+        self, index: int, payload: Payload, namespace: str, seen: dict[tuple[bytes | None, ...], DataKey]
+    ) -> bytes | None:
+        """The decrypted inner payload bytes, or None when ``payload`` is not encrypted.
+
+        ``seen`` remembers, for one batch, the data key of each envelope already
+        checked: payloads of one batch mostly share a data key.
+        """
         metadata = payload.metadata
         if metadata.get(wireformat.ENCODING_KEY) != wireformat.ENCODING:
-            return payload
+            return None
+        envelope = tuple(metadata.get(name) for name in _ENVELOPE_KEYS)
+        key = seen.get(envelope)
+        if key is None:
+            key = seen[envelope] = self._envelope_key(index, metadata, namespace)
+        try:
+            return key.decrypt(payload.data)
+        except wireformat.AuthenticationFailed:
+            raise errors.DecryptionError(index) from None
+
+    def _envelope_key(self, index: int, metadata: Mapping[str, bytes], namespace: str) -> DataKey:
+        """Check an envelope's metadata and namespace, and find its data key."""
         key_id, encrypted_key, written_for = _envelope_fields(index, metadata)
         if self._bind and written_for is not None and written_for != namespace:
             raise errors.NamespaceMismatchError(index, written_for, namespace)
@@ -85,14 +140,23 @@ class EnvelopeCodec:
         if (key.key_id, key.encrypted_key, key.namespace) != (key_id, encrypted_key, written_for):
             # The key's precomputed associated data must be this payload's, whatever the key source did.
             raise errors.DecryptionError(index)
-        try:
-            plaintext = key.decrypt(payload.data)
-        except wireformat.AuthenticationFailed:
-            raise errors.DecryptionError(index) from None
-        try:
-            return Payload.FromString(plaintext)
-        except DecodeError:
-            raise errors.PayloadError(index, "decrypted data is not a serialized Payload") from None
+        return key
+
+
+_ENVELOPE_KEYS = (
+    wireformat.ALGORITHM_KEY,
+    wireformat.KEY_ID_KEY,
+    wireformat.DATA_KEY_KEY,
+    wireformat.NAMESPACE_KEY,
+)
+_NOT_A_PAYLOAD = "decrypted data is not a serialized Payload"
+
+
+def _parse(index: int, raw: bytes, problem: str) -> Payload:
+    try:
+        return Payload.FromString(raw)
+    except DecodeError:
+        raise errors.PayloadError(index, problem) from None
 
 
 def _envelope_fields(index: int, metadata: Mapping[str, bytes]) -> tuple[str, bytes, str | None]:

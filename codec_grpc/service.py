@@ -11,18 +11,18 @@ import traceback
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from codec_grpc import errors
+from codec_grpc import errors, wire
 from codec_grpc.codec import EnvelopeCodec
 from codec_grpc.config import parse_namespace
 from codec_grpc.keys import KeyManager, KeyStats
 from codec_grpc.kms import KmsCallStats
-from codec_grpc.v1 import codec_pb2, codec_pb2_grpc
+from codec_grpc.v1 import codec_pb2
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,13 @@ class ServiceLimits:
     max_payloads: int = 10_000
 
 
-class CodecServicer(codec_pb2_grpc.CodecServiceServicer):
-    """Serves CodecService by delegating to the envelope codec."""
+class CodecServicer:
+    """Serves CodecService by delegating to the envelope codec.
+
+    Encode and Decode take and return serialized messages (see :func:`method_handlers`):
+    the payloads are split out of the request and joined into the response as
+    bytes (``codec_grpc.wire``), never parsed into message objects here.
+    """
 
     def __init__(
         self,
@@ -72,45 +77,41 @@ class CodecServicer(codec_pb2_grpc.CodecServiceServicer):
         self._kms_stats = kms_stats
         self._limits = limits
 
-    def Encode(self, request: codec_pb2.EncodeRequest, context: grpc.ServicerContext) -> codec_pb2.EncodeResponse:
-        return self._run(
-            context,
-            lambda: codec_pb2.EncodeResponse(
-                payloads=self._codec.encode(
-                    self._checked(request.payloads), self._namespace(request.namespace, context)
-                )
-            ),
-        )
+    def Encode(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        return self._run(context, lambda: self._serialized(self._codec.encode_serialized, request, context))
 
-    def Decode(self, request: codec_pb2.DecodeRequest, context: grpc.ServicerContext) -> codec_pb2.DecodeResponse:
-        return self._run(
-            context,
-            lambda: codec_pb2.DecodeResponse(
-                payloads=self._codec.decode(
-                    self._checked(request.payloads), self._namespace(request.namespace, context)
-                )
-            ),
-        )
+    def Decode(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        return self._run(context, lambda: self._serialized(self._codec.decode_serialized, request, context))
 
     def Stats(self, request: codec_pb2.StatsRequest, context: grpc.ServicerContext) -> codec_pb2.StatsResponse:
         return self._run(context, lambda: self._stats(self._namespace(request.namespace, context)))
+
+    def _serialized(
+        self, operation: Callable[[list[bytes], str], list[bytes]], request: bytes, context: grpc.ServicerContext
+    ) -> bytes:
+        try:
+            payloads, namespace = wire.split_request(request)
+        except wire.WireError as exc:
+            raise errors.RequestError(f"malformed request: {exc}") from None
+        self._check_count(len(payloads))
+        return wire.join_response(operation(payloads, self._namespace(namespace, context)))
 
     def _stats(self, namespace: str) -> codec_pb2.StatsResponse:
         slot = (self._keys.policy.alias_for(namespace), namespace if self._codec.bind_namespace else None)
         return stats_response(namespace, self._keys.stats(), self._kms_stats(), slot)
 
-    def _checked(self, payloads: Sequence[codec_pb2.Payload]) -> Sequence[codec_pb2.Payload]:
-        if len(payloads) > self._limits.max_payloads:
+    def _check_count(self, count: int) -> None:
+        if count > self._limits.max_payloads:
             raise errors.RequestTooLargeError(
-                f"{len(payloads)} payloads in one request; the limit is {self._limits.max_payloads} "
+                f"{count} payloads in one request; the limit is {self._limits.max_payloads} "
                 "(MAX_PAYLOADS_PER_REQUEST): split the batch"
             )
-        return payloads
 
     def _namespace(self, requested: str, context: grpc.ServicerContext) -> str:
         if not requested:
-            header = dict(context.invocation_metadata()).get(NAMESPACE_HEADER)
-            requested = header if isinstance(header, str) else ""
+            for name, value in context.invocation_metadata():
+                if name == NAMESPACE_HEADER and isinstance(value, str):
+                    requested = value
         if not requested:
             return self._limits.default_namespace
         try:
@@ -182,6 +183,38 @@ class ServerOptions:
     max_workers: int = 16
 
 
+def method_handlers(servicer: CodecServicer) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+    """CodecService's handlers: Encode and Decode exchange serialized bytes (no (de)serializers)."""
+    return {
+        "Encode": grpc.unary_unary_rpc_method_handler(servicer.Encode),
+        "Decode": grpc.unary_unary_rpc_method_handler(servicer.Decode),
+        "Stats": grpc.unary_unary_rpc_method_handler(
+            servicer.Stats,
+            request_deserializer=codec_pb2.StatsRequest.FromString,
+            response_serializer=codec_pb2.StatsResponse.SerializeToString,
+        ),
+    }
+
+
+def grpc_server(options: ServerOptions) -> tuple[grpc.Server, int]:
+    """A threaded gRPC server with the service's options, bound but without services."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="grpc"),
+        options=[
+            ("grpc.max_receive_message_length", options.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    address = f"[{options.host}]:{options.port}" if ":" in options.host else f"{options.host}:{options.port}"
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:  # grpc's way of saying the bind failed
+        port = 0
+    if port == 0:
+        raise OSError(f"cannot listen on {address} (address in use, or not an address of this machine)")
+    return server, port
+
+
 def create_server(
     servicer: CodecServicer, options: ServerOptions, health_servicer: health.HealthServicer | None = None
 ) -> tuple[grpc.Server, int]:
@@ -191,24 +224,11 @@ def create_server(
     (SERVING for "" and for CodecService's full name) and server reflection, so
     grpcurl and Kubernetes' gRPC probes work without proto files.
     """
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="grpc"),
-        options=[
-            ("grpc.max_receive_message_length", options.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ],
-    )
-    codec_pb2_grpc.add_CodecServiceServicer_to_server(servicer, server)
+    server, port = grpc_server(options)
+    server.add_registered_method_handlers(SERVICE_NAME, method_handlers(servicer))  # type: ignore[attr-defined]
     health_servicer = health_servicer or health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    address = f"[{options.host}]:{options.port}" if ":" in options.host else f"{options.host}:{options.port}"
-    try:
-        port = server.add_insecure_port(address)
-    except RuntimeError:  # grpc's way of saying the bind failed
-        port = 0
-    if port == 0:
-        raise OSError(f"cannot listen on {address} (address in use, or not an address of this machine)")
     return server, port

@@ -34,6 +34,8 @@ from collections.abc import Callable, Mapping
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from codec_grpc import wire
+
 ENCODING_KEY = "encoding"
 KEY_ID_KEY = "encryption-key-id"
 DATA_KEY_KEY = "encrypted-data-key"
@@ -87,7 +89,7 @@ class DataKey:
     never shows it.
     """
 
-    __slots__ = ("key_id", "encrypted_key", "namespace", "metadata", "aad", "_aead")
+    __slots__ = ("key_id", "encrypted_key", "namespace", "metadata", "aad", "_aead", "_payload_prefix")
 
     def __init__(self, plaintext: bytes, key_id: str, encrypted_key: bytes, namespace: str | None) -> None:
         if len(plaintext) != KEY_SIZE:
@@ -98,10 +100,21 @@ class DataKey:
         self.metadata: Mapping[str, bytes] = envelope_metadata(key_id, encrypted_key, namespace)
         self.aad = associated_data(key_id, encrypted_key, namespace)
         self._aead = AESGCM(plaintext)
+        # Serialized metadata (field 1, sorted as deterministic serialization) and the tag of field 2.
+        self._payload_prefix = wire.map_entries(1, self.metadata) + b"\x12"
 
     def encrypt(self, plaintext: bytes, nonce: bytes) -> bytes:
         """Return ``nonce || ciphertext || tag``."""
         return nonce + self._aead.encrypt(nonce, plaintext, self.aad)
+
+    def seal(self, payload: bytes, nonce: bytes) -> bytes:
+        """The serialized encrypted ``Payload`` of a serialized payload, built as bytes.
+
+        Equal to ``Payload(metadata=self.metadata, data=self.encrypt(payload, nonce))``
+        serialized deterministically.
+        """
+        sealed = self._aead.encrypt(nonce, payload, self.aad)
+        return b"".join((self._payload_prefix, wire.varint(len(nonce) + len(sealed)), nonce, sealed))
 
     def decrypt(self, data: bytes) -> bytes:
         """Reverse :meth:`encrypt`; raise :class:`AuthenticationFailed` on any mismatch."""

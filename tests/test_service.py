@@ -333,10 +333,10 @@ def test_stats_reports_expired_key(codec_server: Start, key: tuple[str, str]) ->
 def test_unexpected_error_is_internal_without_details(server: RunningCodec, caplog: pytest.LogCaptureFixture) -> None:
     """A bug answers INTERNAL with a fixed message; the log names the error type, not the data."""
 
-    def broken(*_: object) -> list[pb.Payload]:
+    def broken(*_: object) -> list[bytes]:
         raise ZeroDivisionError("secret-looking detail")
 
-    server.app.codec.encode = broken  # type: ignore[method-assign, assignment]
+    server.app.codec.encode_serialized = broken  # type: ignore[method-assign, assignment]
     with pytest.raises(grpc.RpcError) as caught:
         encode(server, payloads(1))
     assert caught.value.code() == grpc.StatusCode.INTERNAL
@@ -348,3 +348,20 @@ def test_unexpected_error_is_internal_without_details(server: RunningCodec, capl
 def test_port_in_use_is_a_clear_error(server: RunningCodec, codec_server: Start) -> None:
     with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{server.app.port} \\(address in use"):
         codec_server(GRPC_PORT=server.app.port)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"\x0a\x05abc", "malformed request: a field runs past the end of the message"),
+        (b"\x0f", "malformed request: unsupported wire type 7"),
+        (b"\x0a\x02\xff\xff", "payload 0: not a serialized Payload"),
+    ],
+)
+@pytest.mark.parametrize("method", ["Encode", "Decode"])
+def test_malformed_requests_are_invalid_argument(server: RunningCodec, method: str, raw: bytes, message: str) -> None:
+    call = server.channel.unary_unary(f"/codec_grpc.v1.CodecService/{method}", None, None)
+    with pytest.raises(grpc.RpcError) as caught:
+        call(raw)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert details(caught) == message

@@ -1,0 +1,256 @@
+"""`make bench`: the codec server's cost against a bare echo server on the same transport.
+
+Starts moto's KMS server, the codec server (server.py) and the echo server
+(tests/bench/echo_server.py) as processes on 127.0.0.1, then drives each with the
+same serialized requests from a separate load process (tests/bench/load.py).
+Server CPU comes from the OS accounting of every process of the server
+(/proc/PID/stat, children included), so the load generator and other noise drop
+out. The ratio echo ÷ ours is 1.0 when encrypting costs nothing beyond echoing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import grpc
+
+from codec_grpc.v1 import codec_pb2 as pb
+from codec_grpc.v1 import codec_pb2_grpc
+from tests.conftest import free_port, wait_for_port
+
+ROOT = Path(__file__).resolve().parents[2]
+TICKS = os.sysconf("SC_CLK_TCK")
+TARGETS = {("Encode", 1): 0.9, ("Encode", 10): 0.8, ("Encode", 100): 0.6, ("Decode", 100): 0.6}
+CALLS = {1: 4000, 10: 2000, 100: 400}
+
+
+def process_tree(pid: int) -> list[int]:
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    tree, frontier = [pid], [pid]
+    while frontier:
+        children = [p for p, parent in parents.items() if parent in frontier]
+        tree += children
+        frontier = children
+    return tree
+
+
+def cpu_seconds(pid: int) -> float:
+    total = 0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total / TICKS
+
+
+def rss_mib(pid: int) -> float:
+    total = 0
+    for p in process_tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+@contextmanager
+def process(args: list[str], env: dict[str, str], port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            wait_for_port(port, proc=proc)
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@dataclass
+class Result:
+    cpu_per_payload: float
+    throughput: float
+    p50: float
+    p99: float
+    kms_calls: int
+    rss: float
+
+
+def measure(
+    target: str, pid: int, method: str, request: bytes, batch: int, calls: int, workdir: Path, stats: Any
+) -> Result:
+    request_file = workdir / "request.bin"
+    request_file.write_bytes(request)
+    load = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.bench.load",
+            "--target",
+            target,
+            "--method",
+            method,
+            "--request-file",
+            str(request_file),
+            "--calls",
+            str(calls),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=ROOT,
+        text=True,
+    )
+    assert load.stdout is not None and load.stdin is not None
+    assert load.stdout.readline().strip() == "ready"
+    kms_before = _kms_calls(stats)
+    cpu_before = cpu_seconds(pid)
+    load.stdin.write("go\n")
+    load.stdin.flush()
+    timings = json.loads(load.stdout.readline())
+    cpu = cpu_seconds(pid) - cpu_before
+    load.wait(timeout=60)
+    payloads = timings["calls"] * batch
+    return Result(
+        cpu_per_payload=cpu / payloads,
+        throughput=payloads / timings["wall"],
+        p50=timings["p50"],
+        p99=timings["p99"],
+        kms_calls=_kms_calls(stats) - kms_before,
+        rss=rss_mib(pid),
+    )
+
+
+def _kms_calls(stats: Any) -> int:
+    if stats is None:
+        return 0
+    answer = stats.Stats(pb.StatsRequest())
+    return int(answer.kms_generate_data_key_calls + answer.kms_decrypt_calls)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply the number of calls")
+    parser.add_argument("--payload-bytes", type=int, default=1024)
+    parser.add_argument("--batches", default="1,10,100")
+    parser.add_argument("--workers", type=int, default=1, help="WORKERS for the codec server")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved measurements per server and case")
+    args = parser.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+    with ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="codec-bench-")))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        kms_port, ours_port, echo_port = free_port(), free_port(), free_port()
+        stack.enter_context(
+            process(
+                [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(kms_port)],
+                env,
+                kms_port,
+                workdir / "moto.log",
+            )
+        )
+        kms_url = f"http://127.0.0.1:{kms_port}"
+        admin: Any = boto3.session.Session().client(
+            "kms",
+            endpoint_url=kms_url,
+            region_name="us-east-1",
+            aws_access_key_id="bench",
+            aws_secret_access_key="bench",
+        )
+        key = admin.create_key()["KeyMetadata"]
+        admin.create_alias(AliasName="alias/bench", TargetKeyId=key["KeyId"])
+        ours_env = {
+            **env,
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL_KMS": kms_url,
+            "KMS_KEY_ALIAS": "alias/bench",
+            "GRPC_HOST": "127.0.0.1",
+            "GRPC_PORT": str(ours_port),
+            "GATEWAY_ENABLED": "false",
+            "METRICS_ENABLED": "false",
+            "LOG_LEVEL": "warning",
+            "WORKERS": str(args.workers),
+        }
+        ours = stack.enter_context(process([sys.executable, "server.py"], ours_env, ours_port, workdir / "ours.log"))
+        echo = stack.enter_context(
+            process(
+                [sys.executable, "-m", "tests.bench.echo_server", "--port", str(echo_port)],
+                env,
+                echo_port,
+                workdir / "echo.log",
+            )
+        )
+        channel = stack.enter_context(grpc.insecure_channel(f"127.0.0.1:{ours_port}"))
+        stub = codec_pb2_grpc.CodecServiceStub(channel)
+        body = (b'{"v":"' + os.urandom(args.payload_bytes).hex().encode())[: args.payload_bytes - 2] + b'"}'
+        payload = pb.Payload(metadata={"encoding": b"json/plain"}, data=body)
+        print(
+            f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"grpcio {grpc.__version__}; payloads of {args.payload_bytes} bytes; codec WORKERS={args.workers}"
+        )
+        header = (
+            f"{'rpc':6} {'batch':>5} | {'ours µs/pl':>10} {'echo µs/pl':>10} {'ratio':>6} {'target':>6} | "
+            f"{'payloads/s':>10} {'p50 ms':>7} {'p99 ms':>7} | {'KMS':>3} {'RSS MiB':>7}"
+        )
+        print(header)
+        print("-" * len(header))
+        for method in ("Encode", "Decode"):
+            for batch in batches:
+                encode_request = pb.EncodeRequest(payloads=[payload] * batch)
+                if method == "Encode":
+                    request = encode_request.SerializeToString()
+                else:
+                    encoded = stub.Encode(encode_request).payloads
+                    request = pb.DecodeRequest(payloads=encoded).SerializeToString()
+                calls = max(40, int(CALLS.get(batch, 400) * args.scale))
+                # Interleaved rounds; each server's cheapest round counts (interference only adds CPU).
+                rounds = [
+                    (
+                        measure(f"127.0.0.1:{ours_port}", ours.pid, method, request, batch, calls, workdir, stub),
+                        measure(f"127.0.0.1:{echo_port}", echo.pid, method, request, batch, calls, workdir, None),
+                    )
+                    for _ in range(args.rounds)
+                ]
+                mine = min((r[0] for r in rounds), key=lambda r: r.cpu_per_payload)
+                base = min((r[1] for r in rounds), key=lambda r: r.cpu_per_payload)
+                mine.kms_calls = sum(r[0].kms_calls for r in rounds)
+                ratio = base.cpu_per_payload / mine.cpu_per_payload
+                target = TARGETS.get((method, batch))
+                verdict = "" if target is None else ("ok" if ratio >= target else "MISS")
+                print(
+                    f"{method:6} {batch:>5} | {mine.cpu_per_payload * 1e6:>10.1f} {base.cpu_per_payload * 1e6:>10.1f} "
+                    f"{ratio:>6.2f} {('≥' + str(target)) if target else '':>6} | {mine.throughput:>10.0f} "
+                    f"{mine.p50 * 1e3:>7.2f} {mine.p99 * 1e3:>7.2f} | {mine.kms_calls:>3} {mine.rss:>7.1f} {verdict}",
+                    flush=True,
+                )
+        print(f"echo server RSS {rss_mib(echo.pid):.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()
