@@ -21,7 +21,7 @@ export interface RemotePayloadCodecOptions {
   target: string;
   /** Temporal namespace of the payloads: the service binds encrypted payloads to it. Default `"default"`. */
   namespace?: string;
-  /** `grpc.credentials.createSsl(...)` for TLS or mTLS. Default: plaintext. */
+  /** `credentials.createSsl(ca, key, cert)` (re-exported by this package) for TLS or mTLS. Default: plaintext. */
   credentials?: grpc.ChannelCredentials;
   /** Extra request headers (lower-case keys), e.g. `{ authorization: 'Bearer ...' }`. */
   metadata?: Record<string, string>;

@@ -24,6 +24,7 @@ import {
   CodecRejectedError,
   CodecServiceError,
   CodecUnavailableError,
+  credentials,
   RemotePayloadCodec,
   type RemotePayloadCodecOptions,
 } from '../src/index';
@@ -119,6 +120,11 @@ describe('round trip', () => {
     const encoded = await subject.encode([payload]);
     assert.equal(encoded[0].externalPayloads, undefined);
     assertSamePayloads(await subject.decode(encoded), [payload]);
+  });
+
+  test('credentials re-exported by the package are accepted', async () => {
+    const subject = codec({ credentials: credentials.createInsecure() });
+    assertSamePayloads(await subject.decode(await subject.encode([plain(5)])), [plain(5)]);
   });
 
   test('empty input gives empty output', async () => {
