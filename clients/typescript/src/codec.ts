@@ -70,9 +70,10 @@ function serviceClient(protoPath: string): grpc.ServiceClientConstructor {
 
 export class RemotePayloadCodec implements PayloadCodec {
   readonly namespace: string;
-  private readonly client: grpc.Client;
   private readonly metadata: grpc.Metadata;
   private readonly timeoutMs: number;
+  private readonly openClient: () => grpc.Client;
+  private client?: grpc.Client;
 
   constructor(options: RemotePayloadCodecOptions) {
     const { target, namespace = 'default', timeoutMs = DEFAULT_TIMEOUT_MS } = options;
@@ -91,11 +92,14 @@ export class RemotePayloadCodec implements PayloadCodec {
     this.timeoutMs = timeoutMs;
     this.metadata = requestMetadata(namespace, options.metadata ?? {});
     const Client = serviceClient(options.protoPath ?? PACKAGED_PROTO_PATH);
-    this.client = new Client(target, options.credentials ?? grpc.credentials.createInsecure(), {
+    const credentials = options.credentials ?? grpc.credentials.createInsecure();
+    const channelOptions = {
       'grpc.max_send_message_length': maxMessageBytes,
       'grpc.max_receive_message_length': maxMessageBytes,
       ...options.channelOptions,
-    });
+    };
+    // The channel opens on first use, and again after close().
+    this.openClient = () => new Client(target, credentials, channelOptions);
   }
 
   /** Encrypt every payload in one call. */
@@ -108,13 +112,15 @@ export class RemotePayloadCodec implements PayloadCodec {
     return this.call('Decode', payloads);
   }
 
-  /** Close the channel; calls made afterwards fail. */
+  /** Close the channel; a later call opens a new one. */
   close(): void {
-    this.client.close();
+    this.client?.close();
+    this.client = undefined;
   }
 
   private async call(operation: 'Encode' | 'Decode', payloads: Payload[]): Promise<Payload[]> {
     if (payloads.length === 0) return [];
+    this.client ??= this.openClient();
     const method = (this.client as unknown as Record<string, Unary>)[operation].bind(this.client);
     const request = { payloads: payloads.map(toWire), namespace: this.namespace };
     const answer = await new Promise<WireBatch>((resolve, reject) => {

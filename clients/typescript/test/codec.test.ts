@@ -127,6 +127,14 @@ describe('round trip', () => {
     assertSamePayloads(await subject.decode(await subject.encode([plain(5)])), [plain(5)]);
   });
 
+  test('a closed codec opens a new channel on its next call', async () => {
+    const subject = codec();
+    const encoded = await subject.encode([plain(6)]);
+    subject.close();
+    subject.close();
+    assertSamePayloads(await subject.decode(encoded), [plain(6)]);
+  });
+
   test('empty input gives empty output', async () => {
     assert.deepEqual(await codec().encode([]), []);
     assert.deepEqual(await codec().decode([]), []);
