@@ -4,10 +4,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PROTOS := $(shell find protos -name '*.proto')
 STAMP := $(VENV)/.installed
+# The TypeScript worker codec: its node tests run under pytest, so install installs it when npm exists.
+TS_CLIENT := clients/typescript
+TS_STAMP := $(if $(shell command -v npm 2>/dev/null),$(TS_CLIENT)/node_modules/.installed)
 
 .PHONY: install proto run test lint format clean
 
-install: $(STAMP) proto
+install: $(STAMP) proto $(TS_STAMP)
 
 # Pinned dependencies (requirements.lock), then this package in editable mode.
 $(STAMP): requirements.lock pyproject.toml
@@ -15,6 +18,10 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.lock
 	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+$(TS_CLIENT)/node_modules/.installed: $(TS_CLIENT)/package-lock.json $(TS_CLIENT)/package.json
+	npm ci --prefix $(TS_CLIENT)
 	touch $@
 
 # Generated code lives next to the package and is never committed or edited.
@@ -38,3 +45,4 @@ format: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info codec_grpc/v1/*_pb2*.py codec_grpc/v1/*_pb2.pyi
+	rm -rf $(TS_CLIENT)/node_modules $(TS_CLIENT)/build $(TS_CLIENT)/dist $(TS_CLIENT)/protos

@@ -6,6 +6,9 @@ Layers, each importing only those below it:
 * codec core: ``codec`` (pure, over lists of payloads), ``wireformat``
 * key management: ``keys`` and ``caches`` (hot and cold data-key caches)
 * key provider: ``kms`` (the only module that talks to AWS KMS)
+
+Worker side, apart from the layers: ``client`` (``RemotePayloadCodec``, a temporalio
+payload codec calling the service; needs the ``temporal`` extra) and ``client_errors``.
 """
 
 from codec_grpc.codec import EnvelopeCodec
