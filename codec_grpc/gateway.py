@@ -86,31 +86,36 @@ class Upstream:
         await self.channel.close(grace=None)
 
 
-def http_error_for(error: grpc.aio.AioRpcError) -> HttpError:
-    """The HTTP answer for a failed gRPC call: the one place mapping gRPC codes to statuses.
+# Codes whose messages come from our service: they name the payload index, never key material.
+_SHOWN: Mapping[grpc.StatusCode, tuple[int, str]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: (400, ""),
+    grpc.StatusCode.UNAUTHENTICATED: (401, ""),
+    grpc.StatusCode.PERMISSION_DENIED: (403, ""),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (413, ""),
+    grpc.StatusCode.FAILED_PRECONDITION: (503, "the server's KMS key cannot be used (server misconfiguration): "),
+}
+# Codes that may come from the transport or a bug: a generic message; details go to the log.
+_HIDDEN: Mapping[grpc.StatusCode, tuple[int, str]] = {
+    grpc.StatusCode.UNAVAILABLE: (503, "the codec service is unavailable; retry later"),
+    grpc.StatusCode.DEADLINE_EXCEEDED: (504, "the codec service did not answer in time (GATEWAY_UPSTREAM_TIMEOUT)"),
+}
+_FAILED = (502, "the codec service failed; its log has the details")
 
-    Our service's messages name the payload index and never contain key material,
-    so they are shown; anything else gets a generic message and goes to the log.
-    """
+
+def http_error_for(error: grpc.aio.AioRpcError) -> HttpError:
+    """The HTTP answer for a failed gRPC call: the one place mapping gRPC codes to statuses."""
     code, details = error.code(), error.details() or ""
-    simple = {
-        grpc.StatusCode.INVALID_ARGUMENT: 400,
-        grpc.StatusCode.UNAUTHENTICATED: 401,
-        grpc.StatusCode.PERMISSION_DENIED: 403,
-        grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
-    }
-    if code in simple:
-        return HttpError(simple[code], details)
-    if code == grpc.StatusCode.FAILED_PRECONDITION:
-        return HttpError(503, f"the server's KMS key cannot be used (server misconfiguration): {details}")
     if code == grpc.StatusCode.UNAVAILABLE and "retry later" in details:
-        return HttpError(503, details)  # KMS unavailable, as reported by our service
+        return HttpError(503, details)  # KMS unavailable, as worded by our service
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details:
+        # gRPC's own size check, before our service sees the request.
+        return HttpError(413, f"the batch is larger than the codec service accepts (GRPC_MAX_MESSAGE_BYTES): {details}")
+    if code in _SHOWN:
+        status, prefix = _SHOWN[code]
+        return HttpError(status, prefix + details)
     log.warning("gRPC upstream failed: %s: %s", code.name, details)
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return HttpError(503, "the codec service is unavailable; retry later")
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return HttpError(504, "the codec service did not answer in time (GATEWAY_UPSTREAM_TIMEOUT)")
-    return HttpError(502, "the codec service failed; its log has the details")
+    status, message = _HIDDEN.get(code, _FAILED)
+    return HttpError(status, message)
 
 
 def create_app(settings: GatewaySettings, upstream: Upstream, verifier: TokenVerifier | None = None) -> web.Application:
