@@ -296,9 +296,9 @@ class Config:
         return self.auth_jwks_url is not None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "codec-server") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="codec-server",
+        prog=prog,
         description="Temporal payload codec server: AES-256-GCM envelope encryption with AWS KMS data keys. "
         "Every flag has an environment variable of the same name in upper case "
         "(--grpc-port = GRPC_PORT); a flag wins over the environment.",
@@ -314,9 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_config(environ: Mapping[str, str], argv: Sequence[str] = ()) -> Config:
+def load_config(environ: Mapping[str, str], argv: Sequence[str] = (), prog: str = "codec-server") -> Config:
     """Build the configuration from flags, then the environment, then defaults."""
-    flags = vars(build_parser().parse_args(list(argv)))
+    flags = vars(build_parser(prog).parse_args(list(argv)))
     values: dict[str, Any] = {}
     for setting in SETTINGS:
         raw = flags.get(setting.field)

@@ -131,7 +131,9 @@ class GatewayThread:
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """codec-gateway: the HTTP gateway alone, in front of CODEC_GRPC_TARGET."""
     try:
-        config = load_config(os.environ if environ is None else environ, sys.argv[1:] if argv is None else argv)
+        config = load_config(
+            os.environ if environ is None else environ, sys.argv[1:] if argv is None else argv, prog="codec-gateway"
+        )
     except ConfigError as exc:
         print(f"codec-gateway: error: {exc}", file=sys.stderr)
         return 2
