@@ -38,8 +38,10 @@ log = logging.getLogger(__name__)
 ALLOW_METHODS = "POST, OPTIONS"
 ALLOW_HEADERS = "content-type, x-namespace, authorization, authorization-extras"
 HEALTH_TIMEOUT_SECONDS = 5.0
+OFF_LOOP_BYTES = 256 * 1024
 
 M = TypeVar("M", codec_pb2.EncodeRequest, codec_pb2.DecodeRequest)
+T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -157,6 +159,15 @@ def _json_error(status: int, message: str, headers: Mapping[str, str] | None = N
     )
 
 
+async def _off_loop(size: int, function: Callable[..., T], *args: Any) -> T:
+    """Run JSON work for a large body on a thread: a batch near GATEWAY_MAX_BODY_BYTES takes
+    about a second of CPU, which on the event loop would stall /health (probe timeouts) and
+    every small call. Small bodies stay on the loop, where a thread hop would cost more."""
+    if size > OFF_LOOP_BYTES:
+        return await asyncio.to_thread(function, *args)
+    return function(*args)
+
+
 def _parsed(body: bytes, message: M, namespace: str) -> M:
     parse_request(body, message)
     message.namespace = namespace
@@ -210,16 +221,19 @@ class _Routes:
         timeout = self._settings.upstream_timeout
         try:
             if action == "encode":
-                call = self._upstream.codec.Encode(_parsed(body, codec_pb2.EncodeRequest(), namespace), timeout=timeout)
+                encode = await _off_loop(len(body), _parsed, body, codec_pb2.EncodeRequest(), namespace)
+                call = self._upstream.codec.Encode(encode, timeout=timeout)
             else:
-                call = self._upstream.codec.Decode(_parsed(body, codec_pb2.DecodeRequest(), namespace), timeout=timeout)
+                decode = await _off_loop(len(body), _parsed, body, codec_pb2.DecodeRequest(), namespace)
+                call = self._upstream.codec.Decode(decode, timeout=timeout)
         except BodyError as exc:
             raise HttpError(400, str(exc)) from None
         try:
             response = await call
         except grpc.aio.AioRpcError as exc:
             raise http_error_for(exc) from None
-        return web.Response(body=payloads_json(response.payloads), content_type="application/json")
+        answer = await _off_loop(len(body), payloads_json, response.payloads)
+        return web.Response(body=answer, content_type="application/json")
 
     def _namespace(self, request: web.Request, segments: list[str]) -> str:
         """X-Namespace, else the path form /{namespace}/{action}, else DEFAULT_NAMESPACE."""

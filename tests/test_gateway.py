@@ -283,3 +283,12 @@ def test_stats_reports_the_seed_fields_and_counters(gateway: Gateway) -> None:
     assert stats["kms_generate_data_key_calls"] == 1
     assert stats["current_keys"][0]["key_arn"] == gateway.arn
     assert "key_material" not in json.dumps(stats) and "plaintext" not in json.dumps(stats)
+
+
+def test_large_batch_round_trips_in_order(gateway: Gateway) -> None:
+    # Over OFF_LOOP_BYTES: the JSON work runs on a thread; order and count must not change.
+    originals = [plain_payload(json.dumps({"i": i, "pad": "x" * 1000})) for i in range(400)]
+    assert len(json.dumps({"payloads": originals})) > 256 * 1024
+    encoded = gateway.encode(originals)
+    assert len(encoded) == 400
+    assert gateway.decode(encoded) == originals
