@@ -19,6 +19,7 @@ from typing import Any
 from codec_grpc.app import CodecApp, build_app, kms_client
 from codec_grpc.config import Config, load_config
 from codec_grpc.errors import ConfigError
+from codec_grpc.gateway_server import GatewayThread, local_target
 
 log = logging.getLogger("codec_server")
 
@@ -37,11 +38,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         print(f"codec-server: error: GRPC_PORT: {exc}", file=sys.stderr)
         return 2
     try:
-        _serve(app)
+        return _serve(app)
     finally:
         if dev_kms is not None:
             dev_kms.stop()
-    return 0
 
 
 def _kms(config: Config) -> tuple[Any, Any]:
@@ -81,7 +81,7 @@ def _wants_dev_kms(config: Config) -> bool:
     return session.get_credentials() is None
 
 
-def _serve(app: CodecApp) -> None:
+def _serve(app: CodecApp) -> int:
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -92,6 +92,12 @@ def _serve(app: CodecApp) -> None:
     signal.signal(signal.SIGINT, on_signal)
     app.server.start()
     config = app.config
+    try:
+        gateway = _start_gateway(app)
+    except OSError as exc:
+        print(f"codec-server: error: PORT: {exc}", file=sys.stderr)
+        app.server.stop(grace=None).wait()
+        return 2
     log.info(
         "codec server listening on %s:%d (gRPC); default master key %s; namespace binding %s",
         config.grpc_host,
@@ -101,8 +107,28 @@ def _serve(app: CodecApp) -> None:
     )
     stopping.wait()
     app.health.enter_graceful_shutdown()  # NOT_SERVING: load balancers and probes stop sending
+    if gateway is not None:
+        gateway.stop()  # before the gRPC server, so that HTTP requests in flight can finish
     app.server.stop(grace=30).wait()
     log.info("stopped")
+    return 0
+
+
+def _start_gateway(app: CodecApp) -> GatewayThread | None:
+    """The HTTP gateway in front of the gRPC port just bound (None when GATEWAY_ENABLED is false)."""
+    config = app.config
+    if not config.gateway_enabled:
+        return None
+    gateway = GatewayThread(config, local_target(config.grpc_host, app.port))
+    port = gateway.start()
+    log.info(
+        "HTTP gateway listening on %s:%d (Temporal UI and CLI); CORS origins: %s; auth %s",
+        config.gateway_host,
+        port,
+        ", ".join(sorted(config.cors_allowed_origins)) or "none",
+        "on" if config.auth_enabled else "off",
+    )
+    return gateway
 
 
 if __name__ == "__main__":

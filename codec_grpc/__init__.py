@@ -2,7 +2,8 @@
 
 Layers, each importing only those below it:
 
-* transport: ``service`` (gRPC), ``server.py`` (process), ``app`` (wiring)
+* transport: ``service`` (gRPC), ``gateway*`` (HTTP/JSON in front of gRPC), ``server.py`` (process),
+  ``app`` (wiring)
 * codec core: ``codec`` (pure, over lists of payloads), ``wireformat``
 * key management: ``keys`` and ``caches`` (hot and cold data-key caches)
 * key provider: ``kms`` (the only module that talks to AWS KMS)

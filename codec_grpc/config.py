@@ -20,6 +20,7 @@ from codec_grpc.caches import MAX_ENCRYPTIONS_LIMIT
 from codec_grpc.errors import ConfigError
 
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9._-]{1,255}$")
+_ORIGIN_RE = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$|^https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?/?$")
 
 
 def parse_int(low: int, high: int) -> Callable[[str], int]:
@@ -83,6 +84,28 @@ def parse_key_id(text: str) -> str:
 
 def parse_optional(text: str) -> str | None:
     return text.strip() or None
+
+
+def parse_origins(text: str) -> frozenset[str]:
+    origins: set[str] = set()
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        if item == "*":
+            raise ValueError("'*' cannot be combined with credentials: list each origin (https://ui.example.com)")
+        if not _ORIGIN_RE.match(item):
+            raise ValueError(f"expected origins like https://ui.example.com:8080 (no path), got {item!r}")
+        origins.add(item.rstrip("/").lower())
+    return frozenset(origins)
+
+
+def parse_http_url(text: str) -> str | None:
+    value = text.strip()
+    if value and not re.match(r"^https?://[^\s/]+(/\S*)?$", value):
+        raise ValueError(f"must be an http(s) URL, got {text!r}")
+    return value or None
+
+
+def parse_audiences(text: str) -> tuple[str, ...]:
+    return tuple(filter(None, (part.strip() for part in text.split(","))))
 
 
 def parse_namespace_aliases(text: str) -> Mapping[str, str]:
@@ -189,6 +212,46 @@ SETTINGS: tuple[Setting, ...] = (
         "credentials or KMS endpoint are configured. Never for production data",
     ),
     Setting("LOG_LEVEL", "INFO", parse_choice("debug", "info", "warning", "error"), "log level"),
+    # HTTP/JSON gateway for the Temporal Web UI and CLI (codec_grpc.gateway).
+    Setting("GATEWAY_ENABLED", "true", parse_bool, "serve the HTTP/JSON gateway next to the gRPC server"),
+    Setting("GATEWAY_HOST", "0.0.0.0", parse_key_id, "address the HTTP gateway listens on"),
+    Setting("PORT", "8081", parse_int(0, 65535), "HTTP gateway port (0 picks a free port)"),
+    Setting(
+        "CODEC_GRPC_TARGET",
+        "127.0.0.1:50051",
+        parse_key_id,
+        "gRPC CodecService the standalone gateway (codec-gateway) forwards to, as host:port",
+    ),
+    Setting(
+        "GATEWAY_MAX_BODY_BYTES",
+        str(16 * 1024 * 1024),
+        parse_int(1024, 2**31 - 1),
+        "largest HTTP request body accepted; larger ones get 413",
+    ),
+    Setting(
+        "GATEWAY_UPSTREAM_TIMEOUT", "30", parse_seconds(0.1, 3600), "seconds the gateway waits for the gRPC service"
+    ),
+    Setting(
+        "CORS_ALLOWED_ORIGINS",
+        "",
+        parse_origins,
+        "browser origins allowed to call the gateway with credentials, comma-separated (https://ui.example.com)",
+    ),
+    Setting("AUTH_JWKS_URL", "", parse_http_url, "JWKS URL of the identity provider; set to require Bearer tokens"),
+    Setting("AUTH_ISSUER", "", parse_optional, "required 'iss' of access tokens (with AUTH_JWKS_URL)"),
+    Setting("AUTH_AUDIENCE", "", parse_audiences, "accepted 'aud' values of access tokens, comma-separated"),
+    Setting(
+        "AUTH_NAMESPACES_CLAIM",
+        "",
+        parse_optional,
+        "token claim listing the namespaces a caller may use ('*' = all); unset: any namespace",
+    ),
+    Setting(
+        "AUTH_JWKS_REFRESH_INTERVAL",
+        "30",
+        parse_seconds(0, 86400),
+        "fewest seconds between JWKS refetches caused by tokens with an unknown key id",
+    ),
 )
 
 
@@ -215,11 +278,27 @@ class Config:
     kms_retry_mode: str
     dev_kms: str
     log_level: str
+    gateway_enabled: bool
+    gateway_host: str
+    port: int
+    codec_grpc_target: str
+    gateway_max_body_bytes: int
+    gateway_upstream_timeout: float
+    cors_allowed_origins: frozenset[str]
+    auth_jwks_url: str | None
+    auth_issuer: str | None
+    auth_audience: tuple[str, ...]
+    auth_namespaces_claim: str | None
+    auth_jwks_refresh_interval: float
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.auth_jwks_url is not None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "codec-server") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="codec-server",
+        prog=prog,
         description="Temporal payload codec server: AES-256-GCM envelope encryption with AWS KMS data keys. "
         "Every flag has an environment variable of the same name in upper case "
         "(--grpc-port = GRPC_PORT); a flag wins over the environment.",
@@ -235,9 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_config(environ: Mapping[str, str], argv: Sequence[str] = ()) -> Config:
+def load_config(environ: Mapping[str, str], argv: Sequence[str] = (), prog: str = "codec-server") -> Config:
     """Build the configuration from flags, then the environment, then defaults."""
-    flags = vars(build_parser().parse_args(list(argv)))
+    flags = vars(build_parser(prog).parse_args(list(argv)))
     values: dict[str, Any] = {}
     for setting in SETTINGS:
         raw = flags.get(setting.field)
@@ -259,3 +338,14 @@ def _check_consistency(config: Config) -> None:
             f"must be at least MAX_PAYLOADS_PER_REQUEST ({config.max_payloads_per_request}), "
             f"got {config.data_key_max_encryptions}",
         )
+    _check_auth(config)
+
+
+def _check_auth(config: Config) -> None:
+    # Half-configured auth must not silently accept tokens from any issuer or audience.
+    wanted = {"AUTH_JWKS_URL": config.auth_jwks_url, "AUTH_ISSUER": config.auth_issuer}
+    wanted["AUTH_AUDIENCE"] = ",".join(config.auth_audience) or None
+    if any(wanted.values()):
+        for name, value in wanted.items():
+            if not value:
+                raise ConfigError(name, "must be set when any of AUTH_JWKS_URL, AUTH_ISSUER, AUTH_AUDIENCE is set")

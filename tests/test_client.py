@@ -7,7 +7,6 @@ import threading
 
 import grpc
 import pytest
-from tests.conftest import free_port
 from temporalio.api.common.v1 import Payload
 
 from codec_grpc.client import (
@@ -17,6 +16,7 @@ from codec_grpc.client import (
     CodecUnavailableError,
     RemotePayloadCodec,
 )
+from tests.conftest import free_port
 
 ENCRYPTED = b"binary/encrypted"
 

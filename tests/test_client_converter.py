@@ -99,7 +99,7 @@ def test_the_service_shows_what_the_worker_wrote(server):
     assert [p.SerializeToString(deterministic=True) for p in shown] == [
         codec_pb2.Payload.FromString(p.SerializeToString()).SerializeToString(deterministic=True) for p in plain
     ]
-    assert json.loads(shown[0].data) == dataclasses.asdict(VALUES[0])
+    assert json.loads(shown[0].data) == dataclasses.asdict(VALUES[0])  # type: ignore[call-overload]
     assert shown[0].metadata["encoding"] == b"json/plain"
 
 
@@ -149,7 +149,7 @@ def test_failures_are_encrypted_message_stack_details_and_cause(server):
     assert isinstance(decoded, ApplicationError)
     assert decoded.message == "card 4242 declined"
     assert decoded.type == "PaymentDeclined"
-    assert decoded.details == (dataclasses.asdict(VALUES[0]),)
+    assert decoded.details == (dataclasses.asdict(VALUES[0]),)  # type: ignore[call-overload]
     assert "raise_declined" in decoded.failure.stack_trace
     assert isinstance(decoded.__cause__, ApplicationError)
     assert decoded.__cause__.message == "card 4242 secret cause"

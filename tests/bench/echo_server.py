@@ -15,7 +15,7 @@ from codec_grpc.service import ServerOptions, grpc_server
 from codec_grpc.v1 import codec_pb2, codec_pb2_grpc
 
 
-class EchoServicer(codec_pb2_grpc.CodecServiceServicer):  # type: ignore[misc]
+class EchoServicer(codec_pb2_grpc.CodecServiceServicer):
     def Encode(self, request: codec_pb2.EncodeRequest, context: Any) -> codec_pb2.EncodeResponse:
         return codec_pb2.EncodeResponse(payloads=request.payloads)
 

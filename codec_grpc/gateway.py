@@ -1,0 +1,302 @@
+"""HTTP/JSON transport: the codec-server protocol of the Temporal Web UI, CLI and Go SDK.
+
+A thin layer in front of the gRPC ``CodecService``: it parses proto3 JSON,
+checks the caller (CORS, optional bearer token), forwards over a ``grpc.aio``
+channel and maps gRPC status codes to HTTP statuses in :func:`http_error_for`,
+the one place that does so. Routes (any path prefix; the query string is ignored):
+
+    POST …/encode, POST …/decode      {"payloads": [...]} in and out
+    POST /{namespace}/encode|decode   namespace from the path when X-Namespace is absent
+    POST …/download                   404: no external storage here
+    GET  /health                      200 only when the gRPC service answers SERVING
+    GET  /stats                       key-cache and KMS counters (never key material)
+
+``python -m codec_grpc.gateway`` runs it as its own process (see
+:mod:`codec_grpc.gateway_server`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from codec_grpc.config import Config, parse_namespace
+from codec_grpc.gateway_auth import AuthError, AuthUnavailableError, TokenVerifier
+from codec_grpc.gateway_body import BodyError, parse_request, payloads_json, stats_json
+from codec_grpc.v1 import codec_pb2, codec_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+ALLOW_METHODS = "POST, OPTIONS"
+ALLOW_HEADERS = "content-type, x-namespace, authorization, authorization-extras"
+HEALTH_TIMEOUT_SECONDS = 5.0
+OFF_LOOP_BYTES = 256 * 1024
+
+M = TypeVar("M", codec_pb2.EncodeRequest, codec_pb2.DecodeRequest)
+T = TypeVar("T")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class HttpError(Exception):
+    """An answer other than 200, with a message a person understands."""
+
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    default_namespace: str = "default"
+    max_body_bytes: int = 16 * 1024 * 1024
+    allowed_origins: frozenset[str] = frozenset()
+    upstream_timeout: float = 30.0
+
+    @classmethod
+    def from_config(cls, config: Config) -> GatewaySettings:
+        return cls(
+            default_namespace=config.default_namespace,
+            max_body_bytes=config.gateway_max_body_bytes,
+            allowed_origins=config.cors_allowed_origins,
+            upstream_timeout=config.gateway_upstream_timeout,
+        )
+
+
+class Upstream:
+    """The gRPC side: one ``grpc.aio`` channel; create it on the loop that serves the gateway."""
+
+    def __init__(self, target: str) -> None:
+        # The gRPC server enforces its own size limits and answers RESOURCE_EXHAUSTED (413 here);
+        # the client side must not refuse first with a less helpful message.
+        self.channel = grpc.aio.insecure_channel(
+            target, options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+        )
+        self.codec = codec_pb2_grpc.CodecServiceStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+
+    async def close(self) -> None:
+        await self.channel.close(grace=None)
+
+
+# Codes whose messages come from our service: they name the payload index, never key material.
+_SHOWN: Mapping[grpc.StatusCode, tuple[int, str]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: (400, ""),
+    grpc.StatusCode.UNAUTHENTICATED: (401, ""),
+    grpc.StatusCode.PERMISSION_DENIED: (403, ""),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (413, ""),
+    grpc.StatusCode.FAILED_PRECONDITION: (503, "the server's KMS key cannot be used (server misconfiguration): "),
+}
+# Codes that may come from the transport or a bug: a generic message; details go to the log.
+_HIDDEN: Mapping[grpc.StatusCode, tuple[int, str]] = {
+    grpc.StatusCode.UNAVAILABLE: (503, "the codec service is unavailable; retry later"),
+    grpc.StatusCode.DEADLINE_EXCEEDED: (504, "the codec service did not answer in time (GATEWAY_UPSTREAM_TIMEOUT)"),
+}
+_FAILED = (502, "the codec service failed; its log has the details")
+
+
+def http_error_for(error: grpc.aio.AioRpcError) -> HttpError:
+    """The HTTP answer for a failed gRPC call: the one place mapping gRPC codes to statuses."""
+    code, details = error.code(), error.details() or ""
+    if code == grpc.StatusCode.UNAVAILABLE and "retry later" in details:
+        return HttpError(503, details)  # KMS unavailable, as worded by our service
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details:
+        # gRPC's own size check, before our service sees the request.
+        return HttpError(413, f"the batch is larger than the codec service accepts (GRPC_MAX_MESSAGE_BYTES): {details}")
+    if code in _SHOWN:
+        status, prefix = _SHOWN[code]
+        return HttpError(status, prefix + details)
+    log.warning("gRPC upstream failed: %s: %s", code.name, details)
+    status, message = _HIDDEN.get(code, _FAILED)
+    return HttpError(status, message)
+
+
+def create_app(settings: GatewaySettings, upstream: Upstream, verifier: TokenVerifier | None = None) -> web.Application:
+    """The aiohttp application; every answer passes through the CORS/error middleware."""
+    routes = _Routes(settings, upstream, verifier)
+    app = web.Application(
+        middlewares=[_cors_and_errors(settings.allowed_origins)], client_max_size=settings.max_body_bytes
+    )
+    app.router.add_route("*", "/{path:.*}", routes.dispatch)
+    return app
+
+
+def _cors_and_errors(allowed: frozenset[str]) -> Any:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            response = await handler(request)
+        except HttpError as exc:
+            response = _json_error(exc.status, exc.message, exc.headers)
+        except web.HTTPException as exc:
+            response = _json_error(exc.status, exc.reason)
+        except Exception:
+            log.exception("internal error in the HTTP gateway")
+            response = _json_error(500, "internal error; the server log has the details")
+        # On every answer, errors included: otherwise the browser hides the error from the UI.
+        response.headers["Vary"] = "Origin"
+        origin = request.headers.get("Origin", "")
+        if origin.lower() in allowed:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Allow-Credentials"] = "true"
+        return response
+
+    return middleware
+
+
+def _json_error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status, body=json.dumps({"error": message}).encode(), content_type="application/json", headers=headers
+    )
+
+
+async def _off_loop(size: int, function: Callable[..., T], *args: Any) -> T:
+    """Run JSON work for a large body on a thread: a batch near GATEWAY_MAX_BODY_BYTES takes
+    about a second of CPU, which on the event loop would stall /health (probe timeouts) and
+    every small call. Small bodies stay on the loop, where a thread hop would cost more."""
+    if size > OFF_LOOP_BYTES:
+        return await asyncio.to_thread(function, *args)
+    return function(*args)
+
+
+def _parsed(body: bytes, message: M, namespace: str) -> M:
+    parse_request(body, message)
+    message.namespace = namespace
+    return message
+
+
+class _Routes:
+    def __init__(self, settings: GatewaySettings, upstream: Upstream, verifier: TokenVerifier | None) -> None:
+        self._settings = settings
+        self._upstream = upstream
+        self._verifier = verifier
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        """Route on the last path segment so that any path prefix works."""
+        segments = [part for part in request.path.split("/") if part]
+        action = segments[-1] if segments else ""
+        if request.method == "OPTIONS":
+            return self._preflight(request)
+        if action in ("encode", "decode", "download") and request.method != "POST":
+            raise HttpError(405, f"use POST for …/{action}", {"Allow": ALLOW_METHODS})
+        if action in ("encode", "decode"):
+            return await self._codec_call(request, action, segments)
+        if action == "download":
+            raise HttpError(404, "external storage is not configured on this codec server: nothing to download")
+        if action in ("health", "stats") and request.method not in ("GET", "HEAD"):
+            raise HttpError(405, f"use GET for /{action}", {"Allow": "GET, HEAD"})
+        if action == "health":
+            return await self._health()
+        if action == "stats":
+            return await self._stats(request, segments)
+        raise HttpError(404, "not found: the codec endpoints are POST …/encode and POST …/decode")
+
+    def _preflight(self, request: web.Request) -> web.Response:
+        origin = request.headers.get("Origin")
+        if origin is not None and origin.lower() not in self._settings.allowed_origins:
+            raise HttpError(403, f"origin {origin!r} is not allowed (CORS_ALLOWED_ORIGINS)")
+        return web.Response(
+            status=204,
+            headers={
+                "Access-Control-Allow-Methods": ALLOW_METHODS,
+                "Access-Control-Allow-Headers": ALLOW_HEADERS,
+                "Access-Control-Max-Age": "600",
+                "Allow": ALLOW_METHODS,
+            },
+        )
+
+    async def _codec_call(self, request: web.Request, action: str, segments: list[str]) -> web.Response:
+        namespace = self._namespace(request, segments)
+        await self._authorize(request, namespace)
+        body = await self._read_body(request)
+        timeout = self._settings.upstream_timeout
+        try:
+            if action == "encode":
+                encode = await _off_loop(len(body), _parsed, body, codec_pb2.EncodeRequest(), namespace)
+                call = self._upstream.codec.Encode(encode, timeout=timeout)
+            else:
+                decode = await _off_loop(len(body), _parsed, body, codec_pb2.DecodeRequest(), namespace)
+                call = self._upstream.codec.Decode(decode, timeout=timeout)
+        except BodyError as exc:
+            raise HttpError(400, str(exc)) from None
+        try:
+            response = await call
+        except grpc.aio.AioRpcError as exc:
+            raise http_error_for(exc) from None
+        answer = await _off_loop(len(body), payloads_json, response.payloads)
+        return web.Response(body=answer, content_type="application/json")
+
+    def _namespace(self, request: web.Request, segments: list[str]) -> str:
+        """X-Namespace, else the path form /{namespace}/{action}, else DEFAULT_NAMESPACE."""
+        requested = request.headers.get("X-Namespace", "").strip()
+        if not requested and len(segments) == 2:
+            requested = segments[0]
+        if not requested:
+            return self._settings.default_namespace
+        try:
+            return parse_namespace(requested)
+        except ValueError as exc:
+            raise HttpError(400, f"invalid namespace: {exc}") from None
+
+    async def _authorize(self, request: web.Request, namespace: str) -> None:
+        if self._verifier is None:
+            return
+        verifier = self._verifier
+        try:
+            # May fetch the JWKS over the network: never on the event loop.
+            claims = await asyncio.to_thread(verifier.verify, request.headers.get("Authorization"))
+        except AuthError as exc:
+            raise HttpError(401, str(exc), {"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
+        except AuthUnavailableError as exc:
+            log.warning("token not checked: %s: %s", exc, exc.__cause__)
+            raise HttpError(503, f"{exc}; retry later") from None
+        if not verifier.permits(claims, namespace):
+            raise HttpError(403, f"namespace {namespace!r} is not permitted for this token")
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        limit = self._settings.max_body_bytes
+        too_large = HttpError(413, f"request body larger than {limit} bytes (GATEWAY_MAX_BODY_BYTES): split the batch")
+        if request.content_length is not None and request.content_length > limit:
+            raise too_large
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise too_large from None
+
+    async def _health(self) -> web.Response:
+        check = health_pb2.HealthCheckRequest(service="")
+        try:
+            answer = await self._upstream.health.Check(check, timeout=HEALTH_TIMEOUT_SECONDS)
+            status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("health check of the gRPC service failed: %s: %s", exc.code().name, exc.details())
+            status = "UNREACHABLE"
+        return web.json_response({"status": status}, status=200 if status == "SERVING" else 503)
+
+    async def _stats(self, request: web.Request, segments: list[str]) -> web.Response:
+        namespace = self._namespace(request, segments)
+        await self._authorize(request, namespace)
+        try:
+            answer = await self._upstream.codec.Stats(
+                codec_pb2.StatsRequest(namespace=namespace), timeout=self._settings.upstream_timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise http_error_for(exc) from None
+        return web.json_response(stats_json(answer))
+
+
+if __name__ == "__main__":
+    import sys
+
+    from codec_grpc.gateway_server import main
+
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Running the HTTP gateway: in its own process, or on a background thread of ``server.py``.
+
+* :func:`start_gateway` binds the aiohttp server (port 0 picks a free port) and
+  returns it with the bound port; tests use it through :class:`GatewayThread`.
+* :class:`GatewayThread` gives the gateway an event loop of its own, so that the
+  threaded gRPC server in ``server.py`` (and tests) can start and stop it.
+* :func:`main` is ``codec-gateway`` / ``python -m codec_grpc.gateway``: the
+  gateway alone, in front of the gRPC service at ``CODEC_GRPC_TARGET`` (how the
+  Helm chart runs it as a sidecar). It reads the same settings as the server;
+  only the gateway and auth ones matter to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from codec_grpc.config import Config, load_config
+from codec_grpc.errors import ConfigError
+from codec_grpc.gateway import GatewaySettings, Upstream, create_app
+from codec_grpc.gateway_auth import AuthSettings, TokenVerifier
+
+log = logging.getLogger(__name__)
+
+
+def token_verifier(config: Config) -> TokenVerifier | None:
+    """The bearer-token verifier when AUTH_JWKS_URL is set, else ``None`` (auth off)."""
+    if config.auth_jwks_url is None or config.auth_issuer is None:
+        return None
+    return TokenVerifier(
+        AuthSettings(
+            jwks_url=config.auth_jwks_url,
+            issuer=config.auth_issuer,
+            audience=config.auth_audience,
+            namespaces_claim=config.auth_namespaces_claim,
+            refresh_interval=config.auth_jwks_refresh_interval,
+        )
+    )
+
+
+def local_target(grpc_host: str, port: int) -> str:
+    """Where the in-process gateway reaches the gRPC server that listens on ``grpc_host:port``."""
+    if grpc_host in ("0.0.0.0", ""):
+        return f"127.0.0.1:{port}"
+    if grpc_host in ("::", "[::]"):
+        return f"[::1]:{port}"
+    return f"[{grpc_host}]:{port}" if ":" in grpc_host else f"{grpc_host}:{port}"
+
+
+@dataclass
+class RunningGateway:
+    runner: web.AppRunner
+    upstream: Upstream
+    port: int
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+        await self.upstream.close()
+
+
+async def start_gateway(config: Config, target: str) -> RunningGateway:
+    """Serve the gateway on GATEWAY_HOST:PORT in front of the gRPC service at ``target``."""
+    upstream = Upstream(target)
+    app = create_app(GatewaySettings.from_config(config), upstream, token_verifier(config))
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, config.gateway_host, config.port).start()
+    except BaseException:
+        await runner.cleanup()
+        await upstream.close()
+        raise
+    port = int(runner.addresses[0][1])
+    return RunningGateway(runner, upstream, port)
+
+
+class GatewayThread:
+    """The gateway on its own event loop in a daemon thread."""
+
+    def __init__(self, config: Config, target: str) -> None:
+        self._config = config
+        self._target = target
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._gateway: RunningGateway | None = None
+        self._thread = threading.Thread(target=self._run, name="http-gateway", daemon=True)
+
+    def start(self, timeout: float = 30.0) -> int:
+        """Start serving; returns the bound port. Raises what binding raised (e.g. OSError)."""
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError(f"the HTTP gateway did not start within {timeout}s")
+        if self._error is not None:
+            self._thread.join()
+            raise self._error
+        assert self._gateway is not None
+        return self._gateway.port
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop accepting, finish the requests in flight, close the gRPC channel."""
+        if self._gateway is not None and self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self._gateway.stop(), self._loop).result(timeout)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            try:
+                self._gateway = self._loop.run_until_complete(start_gateway(self._config, self._target))
+            except BaseException as exc:
+                self._error = exc
+                return
+            finally:
+                self._ready.set()
+            self._loop.run_forever()
+        finally:
+            self._loop.run_until_complete(self._loop.shutdown_default_executor())
+            self._loop.close()
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """codec-gateway: the HTTP gateway alone, in front of CODEC_GRPC_TARGET."""
+    try:
+        config = load_config(
+            os.environ if environ is None else environ, sys.argv[1:] if argv is None else argv, prog="codec-gateway"
+        )
+    except ConfigError as exc:
+        print(f"codec-gateway: error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(_serve(config))
+
+
+async def _serve(config: Config) -> int:
+    try:
+        gateway = await start_gateway(config, config.codec_grpc_target)
+    except OSError as exc:
+        print(f"codec-gateway: error: PORT: {exc}", file=sys.stderr)
+        return 2
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    log.info(
+        "HTTP gateway listening on %s:%d, forwarding to gRPC %s; auth %s",
+        config.gateway_host,
+        gateway.port,
+        config.codec_grpc_target,
+        "on" if config.auth_enabled else "off",
+    )
+    await stopping.wait()
+    log.info("stopping")
+    await gateway.stop()
+    return 0

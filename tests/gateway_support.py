@@ -1,0 +1,122 @@
+"""Helpers for the gateway tests: the real HTTP gateway on 127.0.0.1 port 0 in front of a real
+gRPC codec server, and a small HTTP client that shows every status and header."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from codec_grpc.gateway_server import GatewayThread
+
+UI_ORIGIN = "http://ui.example.test:8080"
+
+
+def b64(text: str | bytes) -> str:
+    return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
+
+
+def unb64(text: str) -> bytes:
+    return base64.b64decode(text)
+
+
+def plain_payload(data: str, encoding: str = "json/plain") -> dict[str, Any]:
+    return {"metadata": {"encoding": b64(encoding)}, "data": b64(data)}
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def error(self) -> str:
+        document = self.json()
+        assert set(document) == {"error"}, document
+        return str(document["error"])
+
+
+@dataclass
+class Gateway:
+    port: int
+    codec: Any  # conftest.RunningCodec
+    alias: str
+    arn: str
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | str | dict[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        chunked: bool = False,
+    ) -> Reply:
+        if isinstance(body, dict):
+            body = json.dumps(body)
+        if isinstance(body, str):
+            body = body.encode()
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            sent: Any = iter([body]) if chunked and body is not None else body
+            conn.request(method, path, body=sent, headers=dict(headers or {}), encode_chunked=chunked)
+            response = conn.getresponse()
+            return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+        finally:
+            conn.close()
+
+    def post(self, path: str, body: Any, **headers: str) -> Reply:
+        sent = {"Content-Type": "application/json", **{k.replace("_", "-"): v for k, v in headers.items()}}
+        return self.request("POST", path, body, sent)
+
+    def encode(self, payloads: list[dict[str, Any]], namespace: str = "default") -> list[dict[str, Any]]:
+        reply = self.post("/encode", {"payloads": payloads}, X_Namespace=namespace)
+        assert reply.status == 200, reply.body
+        return list(reply.json()["payloads"])
+
+    def decode(self, payloads: list[dict[str, Any]], namespace: str = "default") -> list[dict[str, Any]]:
+        reply = self.post("/decode", {"payloads": payloads}, X_Namespace=namespace)
+        assert reply.status == 200, reply.body
+        return list(reply.json()["payloads"])
+
+
+def assert_cors(reply: Reply, origin: str = UI_ORIGIN) -> None:
+    assert reply.headers.get("access-control-allow-origin") == origin
+    assert reply.headers.get("access-control-allow-credentials") == "true"
+    assert "Origin" in reply.headers.get("vary", "")
+
+
+def assert_no_grant(reply: Reply) -> None:
+    assert "access-control-allow-origin" not in reply.headers
+    assert "access-control-allow-credentials" not in reply.headers
+
+
+@pytest.fixture
+def start_gateway(codec_server: Callable[..., Any], make_key: Callable[..., tuple[str, str]]) -> Iterator[Any]:
+    """``start_gateway(**settings)``: a codec server with a fresh KMS key and the gateway in front."""
+    threads: list[GatewayThread] = []
+
+    def start(target: str | None = None, **settings: Any) -> Gateway:
+        alias, arn = make_key()
+        settings = {"KMS_KEY_ALIAS": alias, "CORS_ALLOWED_ORIGINS": UI_ORIGIN, **settings}
+        running = codec_server(PORT=0, GATEWAY_HOST="127.0.0.1", **settings)
+        thread = GatewayThread(running.app.config, target or running.target)
+        threads.append(thread)
+        return Gateway(thread.start(), running, alias, arn)
+
+    yield start
+    for thread in threads:
+        thread.stop()
+
+
+@pytest.fixture
+def gateway(start_gateway: Callable[..., Gateway]) -> Gateway:
+    return start_gateway()
