@@ -1,10 +1,9 @@
-"""The worker half of "one history, two views": temporalio's DataConverter with
-RemotePayloadCodec, against the real server.
+"""One history, two views: temporalio's DataConverter with RemotePayloadCodec in the
+worker, and the HTTP gateway as the Temporal UI and CLI call it, on one real server.
 
-Values and failures a worker converts leave it encrypted; the service, called as
-a codec endpoint would call it for the UI (here its gRPC API: the HTTP gateway
-sits on the same codec), shows their plain form; what it encodes (a CLI's or the
-UI's input) the worker decodes.
+Values and failures a worker converts leave it encrypted; the gateway, called with
+the UI's JSON requests, shows their plain form; what the gateway encodes (a CLI's
+or the UI's input) the worker decodes.
 """
 
 from __future__ import annotations
@@ -14,13 +13,15 @@ import dataclasses
 import json
 
 import pytest
-from temporalio.api.common.v1 import Payload
+from google.protobuf import json_format
+from temporalio.api.common.v1 import Payload, Payloads
 from temporalio.api.failure.v1 import Failure
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.exceptions import ApplicationError
 
 from codec_grpc.client import RemotePayloadCodec
 from codec_grpc.v1 import codec_pb2
+from tests.gateway_support import UI_ORIGIN, Gateway, assert_cors, b64
 
 NAMESPACE = "orders"
 
@@ -45,9 +46,10 @@ SECRETS = [b"ORD-7781", b"leave at the door", b"a secret string", b"secret bytes
 
 
 @pytest.fixture
-def server(codec_server, make_key):
-    alias, _ = make_key()
-    return codec_server(KMS_KEY_ALIAS=alias)
+def server(start_gateway) -> Gateway:
+    """The codec server with the HTTP gateway in front (``server.codec.target`` is its gRPC side)."""
+    gateway: Gateway = start_gateway()
+    return gateway
 
 
 def worker_converter(target: str) -> DataConverter:
@@ -59,10 +61,13 @@ def worker_converter(target: str) -> DataConverter:
     )
 
 
-def service_view(server, payloads: list[Payload]) -> list[codec_pb2.Payload]:
-    """Decode as a codec endpoint does for the UI: the service, given the namespace."""
-    ours = [codec_pb2.Payload.FromString(p.SerializeToString()) for p in payloads]
-    return list(server.stub.Decode(codec_pb2.DecodeRequest(payloads=ours, namespace=NAMESPACE), timeout=10).payloads)
+def service_view(server: Gateway, payloads: list[Payload]) -> list[codec_pb2.Payload]:
+    """What the UI shows: its JSON request to the gateway's /decode, with its headers."""
+    body = json_format.MessageToDict(Payloads(payloads=payloads))
+    reply = server.post("/api/codec/decode?preserveStorageRefs=true", body, X_Namespace=NAMESPACE, Origin=UI_ORIGIN)
+    assert reply.status == 200, reply.body
+    assert_cors(reply)
+    return list(json_format.ParseDict(reply.json(), codec_pb2.DecodeResponse()).payloads)
 
 
 def assert_encrypted(payloads: list[Payload]) -> None:
@@ -74,7 +79,7 @@ def assert_encrypted(payloads: list[Payload]) -> None:
 
 
 def test_values_leave_the_worker_encrypted_and_come_back_equal(server):
-    converter = worker_converter(server.target)
+    converter = worker_converter(server.codec.target)
 
     async def trip():
         encoded = await converter.encode(VALUES)
@@ -89,7 +94,7 @@ def test_values_leave_the_worker_encrypted_and_come_back_equal(server):
 
 
 def test_the_service_shows_what_the_worker_wrote(server):
-    converter = worker_converter(server.target)
+    converter = worker_converter(server.codec.target)
     encoded = asyncio.run(converter.encode(VALUES))
     assert_encrypted(encoded)
 
@@ -106,12 +111,13 @@ def test_the_service_shows_what_the_worker_wrote(server):
 def test_what_the_service_encodes_the_worker_decodes(server):
     # As `temporal workflow signal --input '{...}'` through a codec endpoint would send it.
     typed = {"order_id": "ORD-1", "items": ["cup"], "total_cents": 350, "note": None}
-    cli_input = codec_pb2.Payload(metadata={"encoding": b"json/plain"}, data=json.dumps(typed).encode())
-    answer = server.stub.Encode(codec_pb2.EncodeRequest(payloads=[cli_input], namespace=NAMESPACE), timeout=10)
-    history = [Payload.FromString(p.SerializeToString()) for p in answer.payloads]
+    cli_input = {"metadata": {"encoding": b64("json/plain")}, "data": b64(json.dumps(typed))}
+    reply = server.post("/encode", {"payloads": [cli_input]}, X_Namespace=NAMESPACE)
+    assert reply.status == 200, reply.body
+    history = list(json_format.ParseDict(reply.json(), Payloads()).payloads)
     assert_encrypted(history)
 
-    decoded = asyncio.run(worker_converter(server.target).decode(history, [Order]))
+    decoded = asyncio.run(worker_converter(server.codec.target).decode(history, [Order]))
 
     assert decoded == [Order("ORD-1", ["cup"], 350)]
 
@@ -124,7 +130,7 @@ def raise_declined() -> None:
 
 
 def test_failures_are_encrypted_message_stack_details_and_cause(server):
-    converter = worker_converter(server.target)
+    converter = worker_converter(server.codec.target)
     with pytest.raises(ApplicationError) as raised:
         raise_declined()
 
@@ -157,7 +163,7 @@ def test_failures_are_encrypted_message_stack_details_and_cause(server):
 
 
 def test_the_service_shows_a_failure_message_and_stack(server):
-    converter = worker_converter(server.target)
+    converter = worker_converter(server.codec.target)
     with pytest.raises(ApplicationError) as raised:
         raise_declined()
     failure = Failure()
