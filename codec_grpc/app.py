@@ -45,6 +45,7 @@ def key_policy(config: Config) -> KeyPolicy:
         max_encryptions=config.data_key_max_encryptions,
         cache_ttl=config.kms_cache_ttl,
         cache_capacity=config.kms_cache_max_keys,
+        outage_grace=config.kms_outage_grace,
     )
 
 

@@ -1,8 +1,9 @@
 """The two data-key caches, each with explicit, validated limits and its own lock.
 
 * :class:`CurrentKeyCache` (hot) holds the data key used for new encryptions, one
-  per slot (master key alias, bound namespace). A key retires after ``max_age``
-  seconds or ``max_encryptions`` uses, whichever comes first.
+  per slot (master key alias, bound namespace), and the next one fetched ahead.
+  A key retires after ``max_age`` seconds or ``max_encryptions`` uses, whichever
+  comes first.
 * :class:`DecryptedKeyCache` (cold) holds unwrapped data keys by their encrypted
   form, so each is unwrapped through KMS once: entries expire ``ttl`` seconds
   after insertion and the least recently used entry goes when ``capacity`` is
@@ -33,54 +34,96 @@ class CurrentKeyInfo:
     age: float
     expires_in: float
     expired: bool
+    overdue: bool
     encryptions: int
+    next_ready: bool
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """The answer of :meth:`CurrentKeyCache.reserve`.
+
+    ``key`` is None when the caller must generate a key and wait for it;
+    ``generation`` identifies the slot state the caller saw; ``refresh`` asks the
+    caller to fetch the next key in the background; ``overdue`` says the key is
+    past its rotation time and is used only because no next key could be had.
+    """
+
+    key: DataKey | None
+    generation: int
+    refresh: bool = False
+    overdue: bool = False
 
 
 class _Current:
-    __slots__ = ("key", "created", "encryptions", "generation")
+    __slots__ = ("created", "encryptions", "generation", "key", "next", "outage")
 
     def __init__(self, key: DataKey, created: float, generation: int) -> None:
         self.key = key
         self.created = created
         self.encryptions = 0
         self.generation = generation
+        self.next: DataKey | None = None
+        self.outage = False  # KMS failed to give this slot a new key: the grace applies
 
 
 class CurrentKeyCache:
-    """Current data key per slot, retired by age or by number of encryptions."""
+    """Current data key per slot, retired by age or by number of encryptions.
 
-    def __init__(self, *, max_age: float, max_encryptions: int, clock: Clock) -> None:
+    The next key of a slot is fetched ahead (:meth:`offer_next`) once the current
+    one has used up half its age (at most ``refresh_lead`` seconds before the end)
+    or half its encryptions, and replaces it without waiting when it retires.
+    While KMS fails to give a slot a new key (:meth:`set_outage`), a key past its
+    age keeps serving for up to ``grace`` seconds more; the encryption limit is
+    never exceeded.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_age: float,
+        max_encryptions: int,
+        clock: Clock,
+        grace: float = 0.0,
+        refresh_lead: float | None = None,
+    ) -> None:
         if not max_age > 0:
             raise ValueError(f"max_age must be greater than 0, got {max_age}")
         if not 1 <= max_encryptions <= MAX_ENCRYPTIONS_LIMIT:
             raise ValueError(f"max_encryptions must be between 1 and 2**32, got {max_encryptions}")
+        if grace < 0:
+            raise ValueError(f"grace must be 0 or more, got {grace}")
         self.max_age = max_age
         self.max_encryptions = max_encryptions
+        self.grace = grace
+        # Fetch the next key halfway through the current one's life, at most 5 minutes early.
+        self.refresh_lead = min(max_age / 2, 300.0) if refresh_lead is None else refresh_lead
         self._clock = clock
         self._lock = threading.Lock()
         self._slots: dict[tuple[str, str | None], _Current] = {}
         self.hits = 0
         self.misses = 0
 
-    def reserve(self, slot: tuple[str, str | None], count: int) -> tuple[DataKey | None, int]:
-        """Take ``count`` encryptions from the slot's key.
-
-        Returns ``(key, generation)``; ``key`` is None when the slot is empty or its
-        key is retired, and ``generation`` then identifies what the caller saw.
-        """
+    def reserve(self, slot: tuple[str, str | None], count: int) -> Reservation:
+        """Take ``count`` encryptions from the slot's key (see :class:`Reservation`)."""
         now = self._clock()
         with self._lock:
             entry = self._slots.get(slot)
             if entry is None:
                 self.misses += 1
-                return None, 0
-            fresh = now - entry.created < self.max_age
-            if fresh and entry.encryptions + count <= self.max_encryptions:
-                entry.encryptions += count
-                self.hits += 1
-                return entry.key, entry.generation
-            self.misses += 1
-            return None, entry.generation
+                return Reservation(None, 0)
+            if entry.next is not None and not self._usable(entry, count, now, 0.0):
+                self._promote(entry, now)
+            if not self._usable(entry, count, now, self.grace if entry.outage else 0.0):
+                self.misses += 1
+                return Reservation(None, entry.generation)
+            entry.encryptions += count
+            self.hits += 1
+            age = now - entry.created
+            due = age >= self.max_age - self.refresh_lead or entry.encryptions >= self.max_encryptions / 2
+            return Reservation(
+                entry.key, entry.generation, refresh=due and entry.next is None, overdue=age >= self.max_age
+            )
 
     def generation(self, slot: tuple[str, str | None]) -> int:
         with self._lock:
@@ -95,6 +138,28 @@ class CurrentKeyCache:
             generation = 1 if previous is None else previous.generation + 1
             self._slots[slot] = _Current(key, now, generation)
 
+    def offer_next(self, slot: tuple[str, str | None], key: DataKey) -> bool:
+        """Keep ``key`` as the slot's next key; False when the slot needs none (any more)."""
+        with self._lock:
+            entry = self._slots.get(slot)
+            if entry is None or entry.next is not None:
+                return False
+            entry.next = key
+            return True
+
+    def set_outage(self, slot: tuple[str, str | None], outage: bool) -> bool:
+        """Record whether KMS is failing to renew the slot's key; False when the slot has no key."""
+        with self._lock:
+            entry = self._slots.get(slot)
+            if entry is not None:
+                entry.outage = outage
+            return entry is not None
+
+    def wants_next(self, slot: tuple[str, str | None]) -> bool:
+        with self._lock:
+            entry = self._slots.get(slot)
+            return entry is not None and entry.next is None
+
     def describe(self) -> list[CurrentKeyInfo]:
         now = self._clock()
         with self._lock:
@@ -102,7 +167,17 @@ class CurrentKeyCache:
 
     def current_keys(self) -> list[DataKey]:
         with self._lock:
-            return [entry.key for entry in self._slots.values()]
+            return [key for entry in self._slots.values() for key in (entry.key, entry.next) if key is not None]
+
+    def _usable(self, entry: _Current, count: int, now: float, grace: float) -> bool:
+        return now - entry.created < self.max_age + grace and entry.encryptions + count <= self.max_encryptions
+
+    def _promote(self, entry: _Current, now: float) -> None:
+        assert entry.next is not None
+        entry.key, entry.next = entry.next, None
+        entry.created = now
+        entry.encryptions = 0
+        entry.generation += 1
 
     def _info(self, slot: tuple[str, str | None], entry: _Current, now: float) -> CurrentKeyInfo:
         age = max(0.0, now - entry.created)
@@ -113,7 +188,9 @@ class CurrentKeyCache:
             age=age,
             expires_in=0.0 if expired else self.max_age - age,
             expired=expired,
+            overdue=expired and entry.outage,
             encryptions=entry.encryptions,
+            next_ready=entry.next is not None,
         )
 
 

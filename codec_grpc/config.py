@@ -198,6 +198,12 @@ SETTINGS: tuple[Setting, ...] = (
         parse_int(1, 10_000_000),
         "most unwrapped data keys cached (least recently used goes first)",
     ),
+    Setting(
+        "KMS_OUTAGE_GRACE",
+        "3600",
+        parse_seconds(0, 366 * 86400),
+        "seconds a data key keeps encrypting past its rotation time while KMS is unavailable (0: none)",
+    ),
     Setting("AWS_REGION", "", parse_optional, "AWS region of the KMS keys (default: boto3's chain)"),
     Setting("AWS_ENDPOINT_URL_KMS", "", parse_optional, "KMS endpoint URL (default: AWS's, per region)"),
     Setting("KMS_CONNECT_TIMEOUT", "2", parse_seconds(0.01, 300), "seconds to connect to KMS"),
@@ -270,6 +276,7 @@ class Config:
     data_key_max_encryptions: int
     kms_cache_ttl: float
     kms_cache_max_keys: int
+    kms_outage_grace: float
     aws_region: str | None
     aws_endpoint_url_kms: str | None
     kms_connect_timeout: float

@@ -9,8 +9,10 @@ the same key share one provider call (single-flight). Thread-safe.
 from __future__ import annotations
 
 import functools
+import logging
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -19,6 +21,9 @@ from codec_grpc.caches import Clock, CurrentKeyCache, CurrentKeyInfo, DecryptedK
 from codec_grpc.kms import GeneratedKey
 from codec_grpc.singleflight import SingleFlight
 from codec_grpc.wireformat import DataKey
+
+log = logging.getLogger(__name__)
+Slot = tuple[str, str | None]
 
 
 class KeyProvider(Protocol):
@@ -39,6 +44,9 @@ class KeyPolicy:
     max_encryptions: int = 10_000_000
     cache_ttl: float = 86400.0
     cache_capacity: int = 10_000
+    outage_grace: float = 3600.0
+    refresh_backoff: float = 1.0
+    refresh_backoff_max: float = 60.0
 
     def alias_for(self, namespace: str) -> str:
         return self.namespace_aliases.get(namespace, self.default_alias)
@@ -53,6 +61,8 @@ class CurrentKeyStats:
     expires_in: float
     expired: bool
     encryptions: int
+    overdue: bool = False
+    next_ready: bool = False
 
 
 @dataclass(frozen=True)
@@ -66,17 +76,36 @@ class KeyStats:
     cold_evictions: int
     cold_size: int
     cold_capacity: int
+    refresh_failures: int = 0
+    degraded: bool = False
+    last_refresh_error: str = ""
 
 
 class KeyManager:
     """Data keys for encryption (current key per slot) and decryption (unwrapped keys)."""
 
-    def __init__(self, provider: KeyProvider, policy: KeyPolicy, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        provider: KeyProvider,
+        policy: KeyPolicy,
+        clock: Clock = time.monotonic,
+        spawn: Callable[[Callable[[], None]], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.policy = policy
         self._provider = provider
         self._current = CurrentKeyCache(
-            max_age=policy.rotation_interval, max_encryptions=policy.max_encryptions, clock=clock
+            max_age=policy.rotation_interval,
+            max_encryptions=policy.max_encryptions,
+            grace=policy.outage_grace,
+            clock=clock,
         )
+        self._spawn = spawn or _daemon_thread
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._refreshing: set[Slot] = set()
+        self._failing: dict[Slot, str] = {}
+        self._refresh_failures = 0
         self._decrypted = DecryptedKeyCache(ttl=policy.cache_ttl, capacity=policy.cache_capacity, clock=clock)
         self._generating: SingleFlight[None] = SingleFlight()
         self._unwrapping: SingleFlight[DataKey] = SingleFlight()
@@ -93,10 +122,15 @@ class KeyManager:
             )
         slot = (self.policy.alias_for(namespace), binding)
         while True:
-            key, seen = self._current.reserve(slot, count)
-            if key is not None:
-                return key
-            self._generating.do(slot, functools.partial(self._rotate, slot, seen))
+            reserved = self._current.reserve(slot, count)
+            if reserved.key is not None:
+                if reserved.refresh:
+                    self._refresh_ahead(slot)
+                return reserved.key
+            try:
+                self._generating.do(slot, functools.partial(self._rotate, slot, reserved.generation))
+            except errors.KmsUnavailableError as exc:
+                return self._outage_key(slot, count, exc)
 
     def decryption_key(self, key_arn: str, encrypted_key: bytes, binding: str | None) -> DataKey:
         """The data key ``encrypted_key`` wraps, unwrapped through KMS at most once while cached."""
@@ -108,12 +142,17 @@ class KeyManager:
 
     def stats(self) -> KeyStats:
         current = self._current.describe()
-        in_cold = sum(
-            1 for k in self._current.current_keys() if (k.key_id, k.encrypted_key, k.namespace) in self._decrypted
-        )
+        held = self._current.current_keys()
+        in_cold = sum(1 for k in held if (k.key_id, k.encrypted_key, k.namespace) in self._decrypted)
         cold_size = len(self._decrypted)
+        with self._lock:
+            failing = dict(self._failing)
+            refresh_failures = self._refresh_failures
         return KeyStats(
-            cached_keys=cold_size + len(current) - in_cold,
+            refresh_failures=refresh_failures,
+            degraded=bool(failing),
+            last_refresh_error=next(iter(failing.values()), ""),
+            cached_keys=cold_size + len(held) - in_cold,
             current_keys=[_current_stats(info) for info in current],
             hot_hits=self._current.hits,
             hot_misses=self._current.misses,
@@ -124,14 +163,77 @@ class KeyManager:
             cold_capacity=self._decrypted.capacity,
         )
 
-    def _rotate(self, slot: tuple[str, str | None], seen: int) -> None:
+    def _rotate(self, slot: Slot, seen: int) -> None:
+        """Generate a key for a slot with none usable; every caller waits for it."""
         if self._current.generation(slot) != seen:
             return  # another caller already replaced the key this caller found retired
+        key = self._generate(slot)
+        self._current.install(slot, key)
+        self._recovered(slot)
+        log.info("data key generated under %s for %s (no current key usable)", key.key_id, _slot_name(slot))
+
+    def _outage_key(self, slot: Slot, count: int, error: errors.KmsUnavailableError) -> DataKey:
+        """KMS cannot renew the slot's key: the last good one serves through the grace, or ``error`` stands."""
+        self._failed(slot, error)
+        reserved = self._current.reserve(slot, count)
+        if reserved.key is None:
+            raise error
+        self._refresh_ahead(slot)
+        return reserved.key
+
+    def _refresh_ahead(self, slot: Slot) -> None:
+        """Fetch the slot's next key in the background, unless that is already under way."""
+        with self._lock:
+            if slot in self._refreshing:
+                return
+            self._refreshing.add(slot)
+        self._spawn(functools.partial(self._refresh_loop, slot))
+
+    def _refresh_loop(self, slot: Slot) -> None:
+        """Until the slot has a next key: generate one, backing off while KMS fails."""
+        delay = self.policy.refresh_backoff
+        try:
+            while self._current.wants_next(slot):
+                try:
+                    key = self._generate(slot)
+                except errors.KeyProviderError as exc:
+                    self._failed(slot, exc, delay)
+                    self._sleep(delay)
+                    delay = min(delay * 2, self.policy.refresh_backoff_max)
+                    continue
+                if self._current.offer_next(slot, key):
+                    log.info("next data key ready under %s for %s", key.key_id, _slot_name(slot))
+                self._recovered(slot)
+                return
+        except Exception:
+            log.exception("data key refresh for %s stopped", _slot_name(slot))
+        finally:
+            with self._lock:
+                self._refreshing.discard(slot)
+
+    def _generate(self, slot: Slot) -> DataKey:
         alias, binding = slot
         generated = self._provider.generate_data_key(alias, binding)
         key = DataKey(generated.plaintext, generated.key_arn, generated.encrypted_key, binding)
         self._decrypted.put((key.key_id, key.encrypted_key, binding), key)
-        self._current.install(slot, key)
+        return key
+
+    def _failed(self, slot: Slot, error: errors.KeyProviderError, retry_in: float | None = None) -> None:
+        """Record a failed renewal; only an unavailable KMS lets the current key serve through the grace."""
+        outage = isinstance(error, errors.KmsUnavailableError) and self._current.set_outage(slot, True)
+        with self._lock:
+            self._failing[slot] = str(error)
+            self._refresh_failures += 1
+        retry = "" if retry_in is None else f", retrying in {retry_in:.1f}s"
+        grace = f"; the current key serves up to {self.policy.outage_grace:g}s past its rotation" if outage else ""
+        log.warning("data key renewal for %s failed%s%s: %s", _slot_name(slot), retry, grace, error)
+
+    def _recovered(self, slot: Slot) -> None:
+        self._current.set_outage(slot, False)
+        with self._lock:
+            failed = self._failing.pop(slot, None)
+        if failed is not None:
+            log.warning("data key refresh for %s recovered", _slot_name(slot))
 
     def _unwrap(self, key_arn: str, encrypted_key: bytes, binding: str | None) -> DataKey:
         cache_key = (key_arn, encrypted_key, binding)
@@ -144,6 +246,15 @@ class KeyManager:
         return key
 
 
+def _daemon_thread(target: Callable[[], None]) -> None:
+    threading.Thread(target=target, name="data-key-refresh", daemon=True).start()
+
+
+def _slot_name(slot: Slot) -> str:
+    alias, binding = slot
+    return f"{alias} (namespace {binding})" if binding is not None else f"{alias} (unbound)"
+
+
 def _current_stats(info: CurrentKeyInfo) -> CurrentKeyStats:
     alias, namespace = info.slot
     return CurrentKeyStats(
@@ -154,4 +265,6 @@ def _current_stats(info: CurrentKeyInfo) -> CurrentKeyStats:
         expires_in=info.expires_in,
         expired=info.expired,
         encryptions=info.encryptions,
+        overdue=info.overdue,
+        next_ready=info.next_ready,
     )

@@ -156,6 +156,9 @@ def stats_response(
         cold_cache_evictions=keys.cold_evictions,
         cold_cache_size=keys.cold_size,
         cold_cache_capacity=keys.cold_capacity,
+        kms_degraded=keys.degraded,
+        data_key_renewal_failures=keys.refresh_failures,
+        kms_last_error=keys.last_refresh_error,
     )
     for current in keys.current_keys:
         response.current_keys.add(
@@ -166,6 +169,8 @@ def stats_response(
             expires_in_seconds=current.expires_in,
             expired=current.expired,
             encryptions=current.encryptions,
+            next_key_ready=current.next_ready,
+            overdue=current.overdue,
         )
         if (current.alias, current.namespace) == slot:
             response.current_key_present = True

@@ -31,7 +31,7 @@ from codec_grpc.config import load_config
 from codec_grpc.v1 import codec_pb2_grpc
 
 # The gateway tests' fixtures (start_gateway, gateway) live beside them.
-pytest_plugins = ["tests.gateway_support"]
+pytest_plugins = ["tests.gateway_support", "tests.kms_proxy"]
 
 REGION = "us-east-1"
 TEST_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}  # moto accepts any

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -14,9 +16,16 @@ from codec_grpc.singleflight import SingleFlight
 from tests.fakes import FakeClock, FakeProvider
 
 
-def manager(provider: FakeProvider, clock: FakeClock, **policy: object) -> KeyManager:
+def inline(task: Callable[[], None]) -> None:
+    task()
+
+
+def manager(
+    provider: FakeProvider, clock: FakeClock, spawn: Callable[[Callable[[], None]], None] = inline, **policy: object
+) -> KeyManager:
+    """Background refreshes run inline (at once, in the caller) unless ``spawn`` says otherwise."""
     settings: dict[str, object] = {"default_alias": "alias/default", **policy}
-    return KeyManager(provider, KeyPolicy(**settings), clock=clock)  # type: ignore[arg-type]
+    return KeyManager(provider, KeyPolicy(**settings), clock=clock, spawn=spawn)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -34,21 +43,104 @@ def test_current_key_is_reused_until_rotation_interval(provider: FakeProvider, c
     first = keys.encryption_key("ns", "ns", 1)
     for _ in range(1000):
         assert keys.encryption_key("ns", "ns", 1) is first
-    clock.advance(59.9)
+    assert provider.calls["GenerateDataKey"] == 1
+    clock.advance(30)  # halfway: the next key is fetched ahead, the current one still serves
+    assert keys.encryption_key("ns", "ns", 1) is first
+    assert provider.calls["GenerateDataKey"] == 2
+    assert keys.stats().current_keys[0].next_ready
+    clock.advance(29.9)
     assert keys.encryption_key("ns", "ns", 1) is first
     clock.advance(0.1)
     second = keys.encryption_key("ns", "ns", 1)
     assert second is not first
-    assert provider.calls["GenerateDataKey"] == 2
+    assert provider.calls["GenerateDataKey"] == 2  # the next key was ready: no KMS call at rotation
+    info = keys.stats().current_keys[0]
+    assert (info.age, info.encryptions, info.next_ready) == (0, 1, False)
 
 
 def test_current_key_retires_after_max_encryptions(provider: FakeProvider, clock: FakeClock) -> None:
     keys = manager(provider, clock, max_encryptions=10)
-    first = keys.encryption_key("ns", "ns", 6)
-    assert keys.encryption_key("ns", "ns", 4) is first
+    first = keys.encryption_key("ns", "ns", 4)
+    assert provider.calls["GenerateDataKey"] == 1
+    assert keys.encryption_key("ns", "ns", 6) is first  # half used: the next key is fetched ahead
+    assert provider.calls["GenerateDataKey"] == 2
     second = keys.encryption_key("ns", "ns", 1)
     assert second is not first
     assert keys.stats().current_keys[0].encryptions == 1
+    assert provider.calls["GenerateDataKey"] == 2
+
+
+def test_encryption_limit_is_never_exceeded_even_in_grace(provider: FakeProvider, clock: FakeClock) -> None:
+    keys = manager(provider, clock, max_encryptions=10, spawn=lambda task: None)  # refreshes never run
+    keys.encryption_key("ns", "ns", 10)
+    provider.fail_with = errors.KmsUnavailableError("KMS down")
+    with pytest.raises(errors.KmsUnavailableError):
+        keys.encryption_key("ns", "ns", 1)  # fresh by age, but used up: no grace for the count
+    assert keys.stats().current_keys[0].encryptions == 10
+
+
+class StopRetrying(BaseException):
+    """Ends a refresh loop from the test's fake sleep (not an Exception: the loop must not catch it)."""
+
+
+def test_refresh_failures_keep_the_key_through_the_grace_then_fail(clock: FakeClock) -> None:
+    provider = FakeProvider()
+    tasks: list[Callable[[], None]] = []
+    keys = manager(
+        provider,
+        clock,
+        spawn=tasks.append,
+        rotation_interval=60,
+        outage_grace=100,
+        refresh_backoff=1,
+        refresh_backoff_max=4,
+    )
+    first = keys.encryption_key("ns", "ns", 1)
+    provider.fail_with = errors.KmsUnavailableError("KMS GenerateDataKey with key alias/default: cannot reach KMS")
+    clock.advance(30)
+    assert keys.encryption_key("ns", "ns", 1) is first
+    assert len(tasks) == 1
+    keys.encryption_key("ns", "ns", 1)
+    assert len(tasks) == 1  # one refresh per slot at a time
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        if len(slept) == 5:
+            raise StopRetrying
+
+    keys._sleep = sleep
+    with pytest.raises(StopRetrying):
+        tasks.pop()()
+    assert slept == [1, 2, 4, 4, 4]
+    stats = keys.stats()
+    assert stats.degraded and stats.refresh_failures == 5
+    assert "cannot reach KMS" in stats.last_refresh_error
+    clock.advance(30 + 99)  # 159 s old: past rotation, within the 100 s grace
+    assert keys.encryption_key("ns", "ns", 1) is first
+    assert keys.stats().current_keys[0].overdue
+    clock.advance(1)  # grace over: every encode now needs KMS, and fails
+    with pytest.raises(errors.KmsUnavailableError):
+        keys.encryption_key("ns", "ns", 1)
+    provider.fail_with = None  # KMS back: the next encode succeeds, no restart
+    assert keys.encryption_key("ns", "ns", 1) is not first
+    assert not keys.stats().degraded
+
+
+def test_no_request_waits_on_kms_at_a_scheduled_rotation() -> None:
+    """Real threads, real time: rotation every 0.6 s, a KMS that answers in 0.25 s."""
+    provider = FakeProvider(delay=0.25)
+    keys = KeyManager(provider, KeyPolicy(default_alias="alias/x", rotation_interval=0.6))
+    keys.encryption_key("ns", "ns", 1)  # the first key is waited for
+    slowest = 0.0
+    deadline = time.monotonic() + 2.5
+    while time.monotonic() < deadline:
+        started = time.monotonic()
+        keys.encryption_key("ns", "ns", 1)
+        slowest = max(slowest, time.monotonic() - started)
+        time.sleep(0.005)
+    assert provider.calls["GenerateDataKey"] >= 4  # rotated several times
+    assert slowest < 0.1
 
 
 def test_batch_larger_than_key_limit_is_refused(provider: FakeProvider, clock: FakeClock) -> None:
@@ -236,3 +328,28 @@ def test_single_flight_forgets_completed_calls() -> None:
     assert flight.do("k", lambda: 1) == 1
     assert flight.do("k", lambda: 2) == 2
     assert flight.in_flight() == 0
+
+
+def test_kms_down_at_an_idle_rotation_uses_the_grace(provider: FakeProvider, clock: FakeClock) -> None:
+    tasks: list[Callable[[], None]] = []
+    keys = manager(provider, clock, spawn=tasks.append, rotation_interval=60, outage_grace=100)
+    first = keys.encryption_key("ns", "ns", 1)
+    clock.advance(61)  # nobody encoded in the second half: no next key was fetched
+    provider.fail_with = errors.KmsUnavailableError("KMS down")
+    assert keys.encryption_key("ns", "ns", 1) is first  # the KMS call failed: the grace applies
+    assert len(tasks) == 1  # and a background renewal is under way
+    assert keys.stats().degraded
+    provider.fail_with = None
+    tasks.pop()()
+    clock.advance(1)
+    assert keys.encryption_key("ns", "ns", 1) is not first
+    assert not keys.stats().degraded
+
+
+def test_only_an_unavailable_kms_opens_the_grace(provider: FakeProvider, clock: FakeClock) -> None:
+    keys = manager(provider, clock, spawn=lambda task: None, rotation_interval=60, outage_grace=100)
+    keys.encryption_key("ns", "ns", 1)
+    clock.advance(61)
+    provider.fail_with = errors.KmsAccessDeniedError("access denied")
+    with pytest.raises(errors.KmsAccessDeniedError):
+        keys.encryption_key("ns", "ns", 1)

@@ -1,0 +1,120 @@
+"""A KMS-compatible endpoint that misbehaves on demand: a proxy in front of moto's server.
+
+Tests point the codec at the proxy (``AWS_ENDPOINT_URL_KMS``) and switch its fault
+while the codec runs: answer slowly, drop connections, throttle, or fail with 5xx.
+Everything goes through boto3's real HTTP path, retries and timeouts included.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+import pytest
+
+
+@dataclass
+class Faults:
+    """What the proxy does to the requests of the named operations (empty: all of them)."""
+
+    delay: float = 0.0
+    mode: str = "pass"  # pass | drop | throttle | error500
+    operations: frozenset[str] = frozenset()
+    seen: Counter[str] = field(default_factory=Counter)
+
+    def applies(self, operation: str) -> bool:
+        return not self.operations or operation in self.operations
+
+
+class KmsProxy:
+    def __init__(self, upstream: str) -> None:
+        self.faults = Faults()
+        self._lock = threading.Lock()
+        target = urlsplit(upstream)
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                operation = self.headers.get("X-Amz-Target", "").rpartition(".")[2]
+                with proxy._lock:
+                    faults = proxy.faults
+                    faults.seen[operation] += 1
+                if faults.applies(operation):
+                    if faults.delay:
+                        time.sleep(faults.delay)
+                    if faults.mode == "drop":
+                        self.close_connection = True
+                        self.connection.close()
+                        return
+                    if faults.mode in ("throttle", "error500"):
+                        self._error(faults.mode)
+                        return
+                self._forward(body)
+
+            def _forward(self, body: bytes) -> None:
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+                try:
+                    headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                    conn.request("POST", self.path, body=body, headers=headers)
+                    answer = conn.getresponse()
+                    payload = answer.read()
+                finally:
+                    conn.close()
+                self.send_response(answer.status)
+                for name, value in answer.getheaders():
+                    if name.lower() not in ("content-length", "connection", "transfer-encoding", "date", "server"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def _error(self, mode: str) -> None:
+                status, kind = (400, "ThrottlingException") if mode == "throttle" else (500, "KMSInternalException")
+                payload = json.dumps({"__type": kind, "message": "injected by the test proxy"}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/x-amz-json-1.1")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def set(self, delay: float = 0.0, mode: str = "pass", operations: Iterable[str] = ()) -> None:
+        """Switch faults: ``proxy.set(delay=1.0)``, ``proxy.set(mode="drop", operations={"Decrypt"})``."""
+        with self._lock:
+            self.faults = Faults(delay, mode, frozenset(operations), self.faults.seen)
+
+    def seen(self, operation: str) -> int:
+        with self._lock:
+            return self.faults.seen[operation]
+
+    def start(self) -> KmsProxy:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def kms_proxy(kms_endpoint: str) -> Iterator[KmsProxy]:
+    proxy = KmsProxy(kms_endpoint).start()
+    yield proxy
+    proxy.stop()
