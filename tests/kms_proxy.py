@@ -62,7 +62,7 @@ class KmsProxy:
                 self._forward(body)
 
             def _forward(self, body: bytes) -> None:
-                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+                conn = http.client.HTTPConnection(target.hostname or "127.0.0.1", target.port, timeout=30)
                 try:
                     headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
                     conn.request("POST", self.path, body=body, headers=headers)
