@@ -155,6 +155,11 @@ class CurrentKeyCache:
                 entry.outage = outage
             return entry is not None
 
+    def has_next(self, slot: tuple[str, str | None]) -> bool:
+        with self._lock:
+            entry = self._slots.get(slot)
+            return entry is not None and entry.next is not None
+
     def wants_next(self, slot: tuple[str, str | None]) -> bool:
         with self._lock:
             entry = self._slots.get(slot)

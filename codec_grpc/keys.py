@@ -165,8 +165,8 @@ class KeyManager:
 
     def _rotate(self, slot: Slot, seen: int) -> None:
         """Generate a key for a slot with none usable; every caller waits for it."""
-        if self._current.generation(slot) != seen:
-            return  # another caller already replaced the key this caller found retired
+        if self._current.generation(slot) != seen or self._current.has_next(slot):
+            return  # replaced meanwhile, or a next key arrived: the caller's next reserve takes it
         key = self._generate(slot)
         self._current.install(slot, key)
         self._recovered(slot)
@@ -195,14 +195,13 @@ class KeyManager:
         try:
             while self._current.wants_next(slot):
                 try:
-                    key = self._generate(slot)
+                    # Under the slot's single-flight: a caller that cannot wait any more joins this call.
+                    self._generating.do(slot, functools.partial(self._fetch_next, slot))
                 except errors.KeyProviderError as exc:
                     self._failed(slot, exc, delay)
                     self._sleep(delay)
                     delay = min(delay * 2, self.policy.refresh_backoff_max)
                     continue
-                if self._current.offer_next(slot, key):
-                    log.info("next data key ready under %s for %s", key.key_id, _slot_name(slot))
                 self._recovered(slot)
                 return
         except Exception:
@@ -210,6 +209,12 @@ class KeyManager:
         finally:
             with self._lock:
                 self._refreshing.discard(slot)
+
+    def _fetch_next(self, slot: Slot) -> None:
+        if self._current.wants_next(slot):
+            key = self._generate(slot)
+            if self._current.offer_next(slot, key):
+                log.info("next data key ready under %s for %s", key.key_id, _slot_name(slot))
 
     def _generate(self, slot: Slot) -> DataKey:
         alias, binding = slot
