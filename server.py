@@ -3,6 +3,10 @@
 Reads its configuration once (environment and flags; ``--help`` lists every
 setting), builds the layers and serves until SIGTERM or SIGINT. A bad setting
 exits with status 2 and a one-line message naming it.
+
+Stopping: on SIGTERM or SIGINT health turns NOT_SERVING, new calls are refused,
+calls in flight get up to SHUTDOWN_GRACE seconds to finish, and the process
+exits with status 0.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from typing import Any
 from codec_grpc.app import CodecApp, build_app, kms_client
 from codec_grpc.config import Config, load_config
 from codec_grpc.errors import ConfigError
+from codec_grpc.logs import configure_logging
+from codec_grpc.metrics import new_registry, start_metrics_server
 
 log = logging.getLogger("codec_server")
 
@@ -29,19 +35,37 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except ConfigError as exc:
         print(f"codec-server: error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(config.log_level, config.log_format)
     dev_kms, client = _kms(config)
     try:
-        app = build_app(config, client)
-    except OSError as exc:
-        print(f"codec-server: error: GRPC_PORT: {exc}", file=sys.stderr)
+        app = build_app(config, client, new_registry())
+        metrics_server = _metrics_server(app)
+    except (OSError, ConfigError) as exc:
+        message = str(exc) if isinstance(exc, ConfigError) else f"GRPC_PORT: {exc}"
+        print(f"codec-server: error: {message}", file=sys.stderr)
         return 2
     try:
         _serve(app)
     finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
         if dev_kms is not None:
             dev_kms.stop()
     return 0
+
+
+def _metrics_server(app: CodecApp) -> Any:
+    """Serve /metrics on its own port (never the UI-facing one), when enabled."""
+    config = app.config
+    if not config.metrics_enabled:
+        return None
+    try:
+        server, port = start_metrics_server(config.metrics_host, config.metrics_port, app.registry)
+    except OSError as exc:
+        address = f"{config.metrics_host}:{config.metrics_port}"
+        raise ConfigError("METRICS_PORT", f"cannot listen on {address}: {exc}") from None
+    log.info("metrics at http://%s:%d/metrics", config.metrics_host, port, extra={"metrics_port": port})
+    return server
 
 
 def _kms(config: Config) -> tuple[Any, Any]:
@@ -91,18 +115,38 @@ def _serve(app: CodecApp) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     app.server.start()
+    _banner(app)
+    stopping.wait()
+    grace = app.config.shutdown_grace
+    app.health.enter_graceful_shutdown()  # NOT_SERVING: watchers (load balancers) stop sending
+    log.info("draining: new calls are refused, calls in flight have %gs to finish", grace)
+    app.server.stop(grace=grace).wait()
+    log.info("stopped")
+
+
+def _banner(app: CodecApp) -> None:
+    """The start-up line: where it listens and how it is set up; no secrets, no key material."""
     config = app.config
+    tls = "mtls" if config.tls_client_ca_file else "tls" if config.tls_cert_file else "plaintext"
     log.info(
-        "codec server listening on %s:%d (gRPC); default master key %s; namespace binding %s",
+        "codec server listening on %s:%d (gRPC, %s); default master key %s; namespace binding %s",
         config.grpc_host,
         app.port,
+        tls,
         config.kms_key_alias,
         "on" if config.namespace_binding else "off",
+        extra={
+            "event": "started",
+            "grpc_address": f"{config.grpc_host}:{app.port}",
+            "grpc_port": app.port,
+            "tls": tls,
+            "kms_key_alias": config.kms_key_alias,
+            "namespace_key_aliases": dict(config.namespace_key_aliases),
+            "namespace_binding": config.namespace_binding,
+            "metrics_enabled": config.metrics_enabled,
+            "shutdown_grace_seconds": config.shutdown_grace,
+        },
     )
-    stopping.wait()
-    app.health.enter_graceful_shutdown()  # NOT_SERVING: load balancers and probes stop sending
-    app.server.stop(grace=30).wait()
-    log.info("stopped")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ the same key share one provider call (single-flight). Thread-safe.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from codec_grpc.caches import Clock, CurrentKeyCache, CurrentKeyInfo, DecryptedK
 from codec_grpc.kms import GeneratedKey
 from codec_grpc.singleflight import SingleFlight
 from codec_grpc.wireformat import DataKey
+
+log = logging.getLogger(__name__)
 
 
 class KeyProvider(Protocol):
@@ -131,7 +134,9 @@ class KeyManager:
         generated = self._provider.generate_data_key(alias, binding)
         key = DataKey(generated.plaintext, generated.key_arn, generated.encrypted_key, binding)
         self._decrypted.put((key.key_id, key.encrypted_key, binding), key)
+        previous = next((info for info in self._current.describe() if info.slot == slot), None)
         self._current.install(slot, key)
+        _log_rotation(slot, key.key_id, previous)
 
     def _unwrap(self, key_arn: str, encrypted_key: bytes, binding: str | None) -> DataKey:
         cache_key = (key_arn, encrypted_key, binding)
@@ -142,6 +147,28 @@ class KeyManager:
         key = DataKey(plaintext, key_arn, encrypted_key, binding)
         self._decrypted.put(cache_key, key)
         return key
+
+
+def _log_rotation(slot: tuple[str, str | None], key_arn: str, previous: CurrentKeyInfo | None) -> None:
+    """One line per new data key: which master key wrapped it and how old the key it replaces was."""
+    alias, namespace = slot
+    age = None if previous is None else round(previous.age, 3)
+    log.info(
+        "new data key for %s (namespace %s) under %s; previous key age %s s",
+        alias,
+        namespace or "unbound",
+        key_arn,
+        "-" if age is None else f"{age:.1f}",
+        extra={
+            "event": "data_key_rotated",
+            "key_alias": alias,
+            "namespace": namespace or "",
+            "key_arn": key_arn,
+            "previous_key_arn": None if previous is None else previous.key_arn,
+            "previous_key_age_seconds": age,
+            "previous_key_encryptions": None if previous is None else previous.encryptions,
+        },
+    )
 
 
 def _current_stats(info: CurrentKeyInfo) -> CurrentKeyStats:

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -176,10 +176,14 @@ class ServerOptions:
     port: int = 0
     max_message_bytes: int = 16 * 1024 * 1024
     max_workers: int = 16
+    credentials: grpc.ServerCredentials | None = None  # None: plaintext
 
 
 def create_server(
-    servicer: CodecServicer, options: ServerOptions, health_servicer: health.HealthServicer | None = None
+    servicer: CodecServicer,
+    options: ServerOptions,
+    health_servicer: health.HealthServicer | None = None,
+    interceptors: Sequence[grpc.ServerInterceptor[Any, Any]] = (),
 ) -> tuple[grpc.Server, int]:
     """Build (not start) a threaded gRPC server; returns it with the bound port.
 
@@ -193,6 +197,7 @@ def create_server(
             ("grpc.max_receive_message_length", options.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ],
+        interceptors=list(interceptors),
     )
     codec_pb2_grpc.add_CodecServiceServicer_to_server(servicer, server)
     health_servicer = health_servicer or health.HealthServicer()
@@ -201,7 +206,10 @@ def create_server(
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     address = f"[{options.host}]:{options.port}" if ":" in options.host else f"{options.host}:{options.port}"
-    port = server.add_insecure_port(address)
+    if options.credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, options.credentials)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     return server, port
