@@ -45,12 +45,17 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         print(f"codec-server: error: {message}", file=sys.stderr)
         return 2
     try:
-        _serve(app)
+        abandoned = _serve(app)
     finally:
         if metrics_server is not None:
             metrics_server.shutdown()
         if dev_kms is not None:
             dev_kms.stop()
+    if abandoned:
+        # Handlers cut off by the grace period still run in pool threads (e.g. blocked on KMS), and
+        # interpreter exit would join them: leave now, as the grace period promised.
+        logging.shutdown()
+        os._exit(0)
     return 0
 
 
@@ -105,7 +110,8 @@ def _wants_dev_kms(config: Config) -> bool:
     return session.get_credentials() is None
 
 
-def _serve(app: CodecApp) -> None:
+def _serve(app: CodecApp) -> int:
+    """Serve until SIGTERM/SIGINT, then drain; returns how many calls the grace period cut off."""
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -119,9 +125,14 @@ def _serve(app: CodecApp) -> None:
     stopping.wait()
     grace = app.config.shutdown_grace
     app.health.enter_graceful_shutdown()  # NOT_SERVING: watchers (load balancers) stop sending
+    stopped = app.server.stop(grace=grace)  # refuses new calls from here on; returns at once
     log.info("draining: new calls are refused, calls in flight have %gs to finish", grace)
-    app.server.stop(grace=grace).wait()
+    stopped.wait()
+    abandoned = app.interceptor.in_flight
+    if abandoned:
+        log.warning("%d calls did not finish within SHUTDOWN_GRACE=%gs and were cancelled", abandoned, grace)
     log.info("stopped")
+    return abandoned
 
 
 def _banner(app: CodecApp) -> None:

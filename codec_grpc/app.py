@@ -65,6 +65,7 @@ class CodecApp:
     server: grpc.Server
     port: int
     registry: CollectorRegistry
+    interceptor: ObservingInterceptor
 
 
 def build_app(config: Config, client: Any, registry: CollectorRegistry | None = None) -> CodecApp:
@@ -89,4 +90,4 @@ def build_app(config: Config, client: Any, registry: CollectorRegistry | None = 
     health_servicer = health.HealthServicer()
     interceptor = ObservingInterceptor(GrpcMetrics(registry), config.default_namespace)
     server, port = create_server(servicer, options, health_servicer, [interceptor])
-    return CodecApp(config, provider, keys, codec, servicer, health_servicer, server, port, registry)
+    return CodecApp(config, provider, keys, codec, servicer, health_servicer, server, port, registry, interceptor)

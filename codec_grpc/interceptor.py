@@ -10,6 +10,7 @@ at a request's ``namespace`` field, its payload count and its serialized size.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +42,14 @@ class ObservingInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(self, metrics: GrpcMetrics, default_namespace: str) -> None:
         self._metrics = metrics
         self._default_namespace = default_namespace
+        self._lock = threading.Lock()
+        self._in_flight = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Unary calls whose handler is still running (after a stop: those the grace period cut off)."""
+        with self._lock:
+            return self._in_flight
 
     def intercept_service(
         self,
@@ -57,10 +66,14 @@ class ObservingInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             self._metrics.call_started(service, method)
             started = time.monotonic()
             response = None
+            with self._lock:
+                self._in_flight += 1
             try:
                 response = inner(request, context)
                 return response
             finally:
+                with self._lock:
+                    self._in_flight -= 1
                 call = _Call(service, method, request, response, time.monotonic() - started)
                 self._finish(call, context)
 
