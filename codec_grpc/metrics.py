@@ -185,7 +185,8 @@ def _per_cache_counter(name: str, documentation: str, current: int, decrypted: i
 
 
 def _current_key_families(stats: KeyStats) -> Iterator[Metric]:
-    labels = ["key_alias", "namespace"]
+    # not "namespace": Prometheus attaches the Kubernetes namespace under that name at scrape time
+    labels = ["key_alias", "temporal_namespace"]
     age = GaugeMetricFamily(f"{PREFIX}_current_key_age_seconds", "Age of the current data key.", labels=labels)
     expires = GaugeMetricFamily(
         f"{PREFIX}_current_key_expires_in_seconds", "Seconds until the current data key retires.", labels=labels

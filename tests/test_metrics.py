@@ -110,10 +110,12 @@ def test_cache_and_current_key_gauges(traffic):
     assert value(found, "temporal_codec_cache_entries", cache="current") == 2
     assert value(found, "temporal_codec_cache_capacity_entries") == 1
     assert value(found, "temporal_codec_cached_keys") == 2
-    assert value(found, "temporal_codec_current_key_age_seconds", key_alias=alias, namespace="ns-a") >= 0
-    assert value(found, "temporal_codec_current_key_expires_in_seconds", key_alias=alias, namespace="ns-b") > 3000
-    assert value(found, "temporal_codec_current_key_expired", key_alias=alias, namespace="ns-a") == 0
-    assert value(found, "temporal_codec_current_key_encryptions", key_alias=alias, namespace="ns-a") == 3
+    assert value(found, "temporal_codec_current_key_age_seconds", key_alias=alias, temporal_namespace="ns-a") >= 0
+    assert (
+        value(found, "temporal_codec_current_key_expires_in_seconds", key_alias=alias, temporal_namespace="ns-b") > 3000
+    )
+    assert value(found, "temporal_codec_current_key_expired", key_alias=alias, temporal_namespace="ns-a") == 0
+    assert value(found, "temporal_codec_current_key_encryptions", key_alias=alias, temporal_namespace="ns-a") == 3
 
 
 def test_no_key_material_or_payload_in_scrape(traffic):
@@ -171,7 +173,7 @@ def test_key_cache_collector_reads_live_state_at_scrape_time():
     state = {"stats": KeyStats(1, [current], 0, 1, 0, 0, 0, 1, 10)}
     registry = CollectorRegistry()
     KeyCacheCollector(lambda: state["stats"], registry)
-    labels = {"key_alias": "alias/a", "namespace": ""}
+    labels = {"key_alias": "alias/a", "temporal_namespace": ""}
     assert registry.get_sample_value("temporal_codec_current_key_expired", labels) == 0
     expired = CurrentKeyStats("alias/a", None, "arn:aws:kms:x", 70.0, 0.0, True, 7)
     state["stats"] = KeyStats(1, [expired], 0, 1, 0, 0, 0, 1, 10)
