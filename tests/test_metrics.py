@@ -179,3 +179,23 @@ def test_key_cache_collector_reads_live_state_at_scrape_time():
     state["stats"] = KeyStats(1, [expired], 0, 1, 0, 0, 0, 1, 10)
     assert registry.get_sample_value("temporal_codec_current_key_expired", labels) == 1
     assert registry.get_sample_value("temporal_codec_current_key_age_seconds", labels) == 70
+
+
+def test_server_script_exits_2_when_the_metrics_port_is_taken(server_script_env, kms_endpoint):
+    import socket
+    import sys
+
+    from conftest import codec_env
+    from server_process import SERVER
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = server_script_env | codec_env(kms_endpoint, METRICS_HOST="127.0.0.1", METRICS_PORT=port)
+        result = subprocess.run(
+            [sys.executable, str(SERVER)], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+    assert result.returncode == 2
+    assert f"codec-server: error: METRICS_PORT: cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr

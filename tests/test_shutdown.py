@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import signal
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
 from conftest import REGION, free_port, wait_for_port
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 from server_process import DelayingKmsProxy, ServerProcess
 
 from codec_grpc.v1 import codec_pb2, codec_pb2_grpc
@@ -45,6 +48,21 @@ def start_server(
     return process, port
 
 
+def scrape_metrics(process: ServerProcess) -> Callable[[str], float | None]:
+    """Scrape the process's /metrics (port from its start-up log); look up Encode samples by name."""
+    port = re.search(r"metrics at http://127\.0\.0\.1:(\d+)/metrics", process.wait_for_line("metrics at"))
+    assert port is not None
+    with urllib.request.urlopen(f"http://127.0.0.1:{port.group(1)}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    found = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.labels.get("grpc_method") == "Encode"
+    }
+    return found.get
+
+
 def encode_request() -> codec_pb2.EncodeRequest:
     return codec_pb2.EncodeRequest(payloads=[codec_pb2.Payload(metadata={"encoding": b"json/plain"}, data=b"1")])
 
@@ -57,6 +75,9 @@ def test_sigterm_lets_the_call_waiting_on_kms_finish_and_exits_0(server_script_e
             proxy.hold("GenerateDataKey")
             in_flight = codec_pb2_grpc.CodecServiceStub(channel).Encode.future(encode_request(), timeout=60)
             assert proxy.arrived.wait(timeout=30), "the Encode never reached KMS"
+            in_flight_metrics = scrape_metrics(process)
+            assert in_flight_metrics("grpc_server_started_total") == 1
+            assert in_flight_metrics("grpc_server_handled_total") is None
             process.proc.send_signal(signal.SIGTERM)
             process.wait_for_line("draining")
             with grpc.insecure_channel(f"127.0.0.1:{port}") as late:
