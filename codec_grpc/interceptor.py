@@ -75,7 +75,10 @@ class ObservingInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                 with self._lock:
                     self._in_flight -= 1
                 call = _Call(service, method, request, response, time.monotonic() - started)
-                self._finish(call, context)
+                try:
+                    self._finish(call, context)
+                except Exception:  # observability must never fail a call that succeeded
+                    access_log.exception("cannot record the call to %s", method)
 
         return grpc.unary_unary_rpc_method_handler(
             observed,

@@ -199,3 +199,16 @@ def test_server_script_exits_2_when_the_metrics_port_is_taken(server_script_env,
     assert result.returncode == 2
     assert f"codec-server: error: METRICS_PORT: cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_failing_metric_never_fails_the_call(codec_server, make_key, monkeypatch, caplog):
+    alias, _ = make_key()
+    running = codec_server(KMS_KEY_ALIAS=alias)
+
+    def broken(*_args):
+        raise RuntimeError("metrics backend broke")
+
+    monkeypatch.setattr(running.app.interceptor._metrics, "call_finished", broken)
+    answer = running.stub.Encode(codec_pb2.EncodeRequest(payloads=payloads(2)), timeout=10)
+    assert len(answer.payloads) == 2
+    assert "cannot record the call to Encode" in caplog.text
