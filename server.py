@@ -3,6 +3,14 @@
 Reads its configuration once (environment and flags; ``--help`` lists every
 setting), builds the layers and serves until SIGTERM or SIGINT. A bad setting
 exits with status 2 and a one-line message naming it.
+
+The HTTP/JSON gateway for the Temporal UI and CLI runs next to it on PORT
+(GATEWAY_ENABLED), calling the gRPC server over localhost.
+
+Stopping: on SIGTERM or SIGINT health turns NOT_SERVING, the gateway finishes
+the HTTP requests in flight and stops, new gRPC calls are refused, calls in
+flight get up to SHUTDOWN_GRACE seconds to finish, and the process exits with
+status 0.
 """
 
 from __future__ import annotations
@@ -11,7 +19,7 @@ import logging
 import os
 import signal
 import sys
-import threading
+import time
 from collections.abc import Mapping, Sequence
 from types import FrameType
 from typing import Any
@@ -20,6 +28,8 @@ from codec_grpc.app import CodecApp, build_app, kms_client
 from codec_grpc.config import Config, load_config
 from codec_grpc.errors import ConfigError
 from codec_grpc.gateway_server import GatewayThread, local_target
+from codec_grpc.logs import configure_logging
+from codec_grpc.metrics import new_registry, start_metrics_server
 
 log = logging.getLogger("codec_server")
 
@@ -30,18 +40,45 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except ConfigError as exc:
         print(f"codec-server: error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(config.log_level, config.log_format)
     dev_kms, client = _kms(config)
     try:
-        app = build_app(config, client)
-    except OSError as exc:
-        print(f"codec-server: error: GRPC_PORT: {exc}", file=sys.stderr)
+        app = build_app(config, client, new_registry())
+        metrics_server = _metrics_server(app)
+    except (OSError, ConfigError) as exc:
+        message = str(exc) if isinstance(exc, ConfigError) else f"GRPC_PORT: {exc}"
+        print(f"codec-server: error: {message}", file=sys.stderr)
         return 2
     try:
-        return _serve(app)
+        abandoned = _serve(app)
+    except ConfigError as exc:
+        print(f"codec-server: error: {exc}", file=sys.stderr)
+        return 2
     finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
         if dev_kms is not None:
             dev_kms.stop()
+    if abandoned:
+        # Handlers cut off by the grace period still run in pool threads (e.g. blocked on KMS), and
+        # interpreter exit would join them: leave now, as the grace period promised.
+        logging.shutdown()
+        os._exit(0)
+    return 0
+
+
+def _metrics_server(app: CodecApp) -> Any:
+    """Serve /metrics on its own port (never the UI-facing one), when enabled."""
+    config = app.config
+    if not config.metrics_enabled:
+        return None
+    try:
+        server, port = start_metrics_server(config.metrics_host, config.metrics_port, app.registry)
+    except OSError as exc:
+        address = f"{config.metrics_host}:{config.metrics_port}"
+        raise ConfigError("METRICS_PORT", f"cannot listen on {address}: {exc}") from None
+    log.info("metrics at http://%s:%d/metrics", config.metrics_host, port, extra={"metrics_port": port})
+    return server
 
 
 def _kms(config: Config) -> tuple[Any, Any]:
@@ -82,36 +119,34 @@ def _wants_dev_kms(config: Config) -> bool:
 
 
 def _serve(app: CodecApp) -> int:
-    stopping = threading.Event()
+    """Serve until SIGTERM/SIGINT, then drain; returns how many calls the grace period cut off."""
+    received: list[int] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("received %s: stopping", signal.Signals(signum).name)
-        stopping.set()
+        # Only record it: a signal handler runs between two bytecodes of the main thread, which may be
+        # holding a lock (logging's, an Event's) at that moment; taking it again here would deadlock.
+        received.append(signum)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     app.server.start()
-    config = app.config
-    try:
-        gateway = _start_gateway(app)
-    except OSError as exc:
-        print(f"codec-server: error: PORT: {exc}", file=sys.stderr)
-        app.server.stop(grace=None).wait()
-        return 2
-    log.info(
-        "codec server listening on %s:%d (gRPC); default master key %s; namespace binding %s",
-        config.grpc_host,
-        app.port,
-        config.kms_key_alias,
-        "on" if config.namespace_binding else "off",
-    )
-    stopping.wait()
-    app.health.enter_graceful_shutdown()  # NOT_SERVING: load balancers and probes stop sending
+    gateway = _start_gateway(app)
+    _banner(app)
+    while not received:
+        time.sleep(0.1)
+    log.info("received %s: stopping", signal.Signals(received[0]).name)
+    grace = app.config.shutdown_grace
+    app.health.enter_graceful_shutdown()  # NOT_SERVING: watchers (load balancers) stop sending
     if gateway is not None:
-        gateway.stop()  # before the gRPC server, so that HTTP requests in flight can finish
-    app.server.stop(grace=30).wait()
+        gateway.stop(timeout=grace)  # before the gRPC server, so that HTTP requests in flight can finish
+    stopped = app.server.stop(grace=grace)  # refuses new calls from here on; returns at once
+    log.info("draining: new calls are refused, calls in flight have %gs to finish", grace)
+    stopped.wait()
+    abandoned = app.interceptor.in_flight
+    if abandoned:
+        log.warning("%d calls did not finish within SHUTDOWN_GRACE=%gs and were cancelled", abandoned, grace)
     log.info("stopped")
-    return 0
+    return abandoned
 
 
 def _start_gateway(app: CodecApp) -> GatewayThread | None:
@@ -120,15 +155,45 @@ def _start_gateway(app: CodecApp) -> GatewayThread | None:
     if not config.gateway_enabled:
         return None
     gateway = GatewayThread(config, local_target(config.grpc_host, app.port))
-    port = gateway.start()
+    try:
+        port = gateway.start()
+    except OSError as exc:
+        app.server.stop(grace=None).wait()
+        raise ConfigError("PORT", str(exc)) from None
     log.info(
         "HTTP gateway listening on %s:%d (Temporal UI and CLI); CORS origins: %s; auth %s",
         config.gateway_host,
         port,
         ", ".join(sorted(config.cors_allowed_origins)) or "none",
         "on" if config.auth_enabled else "off",
+        extra={"event": "gateway_started", "http_port": port},
     )
     return gateway
+
+
+def _banner(app: CodecApp) -> None:
+    """The start-up line: where it listens and how it is set up; no secrets, no key material."""
+    config = app.config
+    tls = "mtls" if config.tls_client_ca_file else "tls" if config.tls_cert_file else "plaintext"
+    log.info(
+        "codec server listening on %s:%d (gRPC, %s); default master key %s; namespace binding %s",
+        config.grpc_host,
+        app.port,
+        tls,
+        config.kms_key_alias,
+        "on" if config.namespace_binding else "off",
+        extra={
+            "event": "started",
+            "grpc_address": f"{config.grpc_host}:{app.port}",
+            "grpc_port": app.port,
+            "tls": tls,
+            "kms_key_alias": config.kms_key_alias,
+            "namespace_key_aliases": dict(config.namespace_key_aliases),
+            "namespace_binding": config.namespace_binding,
+            "metrics_enabled": config.metrics_enabled,
+            "shutdown_grace_seconds": config.shutdown_grace,
+        },
+    )
 
 
 if __name__ == "__main__":

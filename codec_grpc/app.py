@@ -13,12 +13,16 @@ import boto3
 import botocore.config
 import grpc
 from grpc_health.v1 import health
+from prometheus_client import CollectorRegistry
 
 from codec_grpc.codec import EnvelopeCodec
 from codec_grpc.config import Config
+from codec_grpc.interceptor import ObservingInterceptor
 from codec_grpc.keys import KeyManager, KeyPolicy
 from codec_grpc.kms import KmsKeyProvider
+from codec_grpc.metrics import GrpcMetrics, KeyCacheCollector, KmsMetrics
 from codec_grpc.service import CodecServicer, ServerOptions, ServiceLimits, create_server
+from codec_grpc.tls import grpc_server_credentials
 
 
 def kms_client(config: Config, **overrides: Any) -> Any:
@@ -61,12 +65,19 @@ class CodecApp:
     health: health.HealthServicer
     server: grpc.Server
     port: int
+    registry: CollectorRegistry
+    interceptor: ObservingInterceptor
 
 
-def build_app(config: Config, client: Any) -> CodecApp:
-    """Wire the layers together around an injected boto3 KMS client; the server is not started."""
-    provider = KmsKeyProvider(client)
+def build_app(config: Config, client: Any, registry: CollectorRegistry | None = None) -> CodecApp:
+    """Wire the layers together around an injected boto3 KMS client; the server is not started.
+
+    Metrics go to ``registry`` (a fresh one when None); serving them is the caller's choice.
+    """
+    registry = CollectorRegistry() if registry is None else registry
+    provider = KmsKeyProvider(client, observer=KmsMetrics(registry).observe)
     keys = KeyManager(provider, key_policy(config))
+    KeyCacheCollector(keys.stats, registry)
     codec = EnvelopeCodec(keys, bind_namespace=config.namespace_binding)
     limits = ServiceLimits(default_namespace=config.default_namespace, max_payloads=config.max_payloads_per_request)
     servicer = CodecServicer(codec, keys, provider.stats, limits)
@@ -75,7 +86,9 @@ def build_app(config: Config, client: Any) -> CodecApp:
         port=config.grpc_port,
         max_message_bytes=config.grpc_max_message_bytes,
         max_workers=config.grpc_max_workers,
+        credentials=grpc_server_credentials(config),
     )
     health_servicer = health.HealthServicer()
-    server, port = create_server(servicer, options, health_servicer)
-    return CodecApp(config, provider, keys, codec, servicer, health_servicer, server, port)
+    interceptor = ObservingInterceptor(GrpcMetrics(registry), config.default_namespace)
+    server, port = create_server(servicer, options, health_servicer, [interceptor])
+    return CodecApp(config, provider, keys, codec, servicer, health_servicer, server, port, registry, interceptor)

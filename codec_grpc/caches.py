@@ -53,6 +53,7 @@ class Reservation:
     generation: int
     refresh: bool = False
     overdue: bool = False
+    replaced: CurrentKeyInfo | None = None  # the key the next key took over from, at this call
 
 
 class _Current:
@@ -112,7 +113,9 @@ class CurrentKeyCache:
             if entry is None:
                 self.misses += 1
                 return Reservation(None, 0)
+            replaced = None
             if entry.next is not None and not self._usable(entry, count, now, 0.0):
+                replaced = self._info(slot, entry, now)
                 self._promote(entry, now)
             if not self._usable(entry, count, now, self.grace if entry.outage else 0.0):
                 self.misses += 1
@@ -122,7 +125,11 @@ class CurrentKeyCache:
             age = now - entry.created
             due = age >= self.max_age - self.refresh_lead or entry.encryptions >= self.max_encryptions / 2
             return Reservation(
-                entry.key, entry.generation, refresh=due and entry.next is None, overdue=age >= self.max_age
+                entry.key,
+                entry.generation,
+                refresh=due and entry.next is None,
+                overdue=age >= self.max_age,
+                replaced=replaced,
             )
 
     def generation(self, slot: tuple[str, str | None]) -> int:

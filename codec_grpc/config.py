@@ -258,6 +258,28 @@ SETTINGS: tuple[Setting, ...] = (
         parse_seconds(0, 86400),
         "fewest seconds between JWKS refetches caused by tokens with an unknown key id",
     ),
+    Setting("LOG_FORMAT", "text", parse_choice("text", "json"), "log lines as text, or one JSON object per line"),
+    Setting(
+        "SHUTDOWN_GRACE",
+        "30",
+        parse_seconds(0, 3600),
+        "seconds calls in flight may take to finish after SIGTERM/SIGINT before they are cancelled",
+    ),
+    Setting("METRICS_ENABLED", "true", parse_bool, "serve Prometheus metrics at /metrics on METRICS_PORT"),
+    Setting("METRICS_HOST", "0.0.0.0", parse_key_id, "address the metrics endpoint listens on"),
+    Setting("METRICS_PORT", "9464", parse_int(0, 65535), "Prometheus metrics port (0 picks a free port)"),
+    Setting("TLS_CERT_FILE", "", parse_optional, "PEM certificate chain: serve gRPC over TLS (needs TLS_KEY_FILE)"),
+    Setting("TLS_KEY_FILE", "", parse_optional, "PEM private key of TLS_CERT_FILE"),
+    Setting(
+        "TLS_CLIENT_CA_FILE", "", parse_optional, "PEM CA bundle: require gRPC clients to present a certificate (mTLS)"
+    ),
+    Setting(
+        "GATEWAY_TLS_CERT_FILE",
+        "",
+        parse_optional,
+        "PEM certificate chain for the HTTPS gateway (default: TLS_CERT_FILE)",
+    ),
+    Setting("GATEWAY_TLS_KEY_FILE", "", parse_optional, "PEM private key for the gateway (default: TLS_KEY_FILE)"),
 )
 
 
@@ -297,6 +319,16 @@ class Config:
     auth_audience: tuple[str, ...]
     auth_namespaces_claim: str | None
     auth_jwks_refresh_interval: float
+    log_format: str
+    shutdown_grace: float
+    metrics_enabled: bool
+    metrics_host: str
+    metrics_port: int
+    tls_cert_file: str | None
+    tls_key_file: str | None
+    tls_client_ca_file: str | None
+    gateway_tls_cert_file: str | None
+    gateway_tls_key_file: str | None
 
     @property
     def auth_enabled(self) -> bool:
@@ -339,6 +371,12 @@ def load_config(environ: Mapping[str, str], argv: Sequence[str] = (), prog: str 
 
 
 def _check_consistency(config: Config) -> None:
+    _check_pair("TLS_CERT_FILE", config.tls_cert_file, "TLS_KEY_FILE", config.tls_key_file)
+    _check_pair(
+        "GATEWAY_TLS_CERT_FILE", config.gateway_tls_cert_file, "GATEWAY_TLS_KEY_FILE", config.gateway_tls_key_file
+    )
+    if config.tls_client_ca_file and not config.tls_cert_file:
+        raise ConfigError("TLS_CLIENT_CA_FILE", "requires TLS_CERT_FILE and TLS_KEY_FILE (mTLS is TLS first)")
     if config.data_key_max_encryptions < config.max_payloads_per_request:
         raise ConfigError(
             "DATA_KEY_MAX_ENCRYPTIONS",
@@ -356,3 +394,10 @@ def _check_auth(config: Config) -> None:
         for name, value in wanted.items():
             if not value:
                 raise ConfigError(name, "must be set when any of AUTH_JWKS_URL, AUTH_ISSUER, AUTH_AUDIENCE is set")
+
+
+def _check_pair(cert_name: str, cert: str | None, key_name: str, key: str | None) -> None:
+    """A certificate without its key (or the reverse) is a half-done TLS setup: refuse it."""
+    if bool(cert) != bool(key):
+        missing, given = (key_name, cert_name) if cert else (cert_name, key_name)
+        raise ConfigError(missing, f"must be set together with {given}")

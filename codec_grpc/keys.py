@@ -124,6 +124,8 @@ class KeyManager:
         while True:
             reserved = self._current.reserve(slot, count)
             if reserved.key is not None:
+                if reserved.replaced is not None:
+                    _log_rotation(slot, reserved.key.key_id, reserved.replaced)
                 if reserved.refresh:
                     self._refresh_ahead(slot)
                 return reserved.key
@@ -168,9 +170,10 @@ class KeyManager:
         if self._current.generation(slot) != seen or self._current.has_next(slot):
             return  # replaced meanwhile, or a next key arrived: the caller's next reserve takes it
         key = self._generate(slot)
+        previous = next((info for info in self._current.describe() if info.slot == slot), None)
         self._current.install(slot, key)
         self._recovered(slot)
-        log.info("data key generated under %s for %s (no current key usable)", key.key_id, _slot_name(slot))
+        _log_rotation(slot, key.key_id, previous)
 
     def _outage_key(self, slot: Slot, count: int, error: errors.KmsUnavailableError) -> DataKey:
         """KMS cannot renew the slot's key: the last good one serves through the grace, or ``error`` stands."""
@@ -258,6 +261,28 @@ def _daemon_thread(target: Callable[[], None]) -> None:
 def _slot_name(slot: Slot) -> str:
     alias, binding = slot
     return f"{alias} (namespace {binding})" if binding is not None else f"{alias} (unbound)"
+
+
+def _log_rotation(slot: tuple[str, str | None], key_arn: str, previous: CurrentKeyInfo | None) -> None:
+    """One line per new data key: which master key wrapped it and how old the key it replaces was."""
+    alias, namespace = slot
+    age = None if previous is None else round(previous.age, 3)
+    log.info(
+        "new data key for %s (namespace %s) under %s; previous key age %s s",
+        alias,
+        namespace or "unbound",
+        key_arn,
+        "-" if age is None else f"{age:.1f}",
+        extra={
+            "event": "data_key_rotated",
+            "key_alias": alias,
+            "namespace": namespace or "",
+            "key_arn": key_arn,
+            "previous_key_arn": None if previous is None else previous.key_arn,
+            "previous_key_age_seconds": age,
+            "previous_key_encryptions": None if previous is None else previous.encryptions,
+        },
+    )
 
 
 def _current_stats(info: CurrentKeyInfo) -> CurrentKeyStats:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,8 @@ from codec_grpc import errors
 from codec_grpc.wireformat import KEY_SIZE
 
 NAMESPACE_CONTEXT_KEY = "temporal-namespace"
+# Told of every KMS call: (operation, outcome, seconds). How metrics see KMS without this module knowing them.
+KmsObserver = Callable[[str, str, float], None]
 
 _UNAVAILABLE_CODES = frozenset(
     {
@@ -94,8 +96,9 @@ class KmsCallStats:
 class KmsKeyProvider:
     """Generates and unwraps data keys through an injected boto3 KMS client. Thread-safe."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, observer: KmsObserver | None = None) -> None:
         self._client = client
+        self._observer = observer
         self._lock = threading.Lock()
         self._calls: Counter[tuple[str, str]] = Counter()
         self._seconds: dict[str, float] = defaultdict(float)
@@ -149,9 +152,12 @@ class KmsKeyProvider:
             outcome = _outcome(translated)
             raise translated from exc
         finally:
+            seconds = time.monotonic() - started
             with self._lock:
                 self._calls[(operation, outcome)] += 1
-                self._seconds[operation] += time.monotonic() - started
+                self._seconds[operation] += seconds
+            if self._observer is not None:
+                self._observer(operation, outcome, seconds)
 
 
 def _translate(  # noqa: PLR0911 - one return per kind of KMS failure

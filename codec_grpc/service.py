@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from codec_grpc import errors, wire
 from codec_grpc.codec import EnvelopeCodec
 from codec_grpc.config import parse_namespace
+from codec_grpc.interceptor import note_call
 from codec_grpc.keys import KeyManager, KeyStats
 from codec_grpc.kms import KmsCallStats
 from codec_grpc.v1 import codec_pb2
@@ -94,7 +95,11 @@ class CodecServicer:
         except wire.WireError as exc:
             raise errors.RequestError(f"malformed request: {exc}") from None
         self._check_count(len(payloads))
-        return wire.join_response(operation(payloads, self._namespace(namespace, context)))
+        namespace = self._namespace(namespace, context)
+        note = note_call(len(payloads), namespace, len(request))
+        response = wire.join_response(operation(payloads, namespace))
+        note.sent = len(response)
+        return response
 
     def _stats(self, namespace: str) -> codec_pb2.StatsResponse:
         slot = (self._keys.policy.alias_for(namespace), namespace if self._codec.bind_namespace else None)
@@ -186,6 +191,7 @@ class ServerOptions:
     port: int = 0
     max_message_bytes: int = 16 * 1024 * 1024
     max_workers: int = 16
+    credentials: grpc.ServerCredentials | None = None  # None: plaintext
 
 
 def method_handlers(servicer: CodecServicer) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
@@ -201,7 +207,9 @@ def method_handlers(servicer: CodecServicer) -> dict[str, grpc.RpcMethodHandler[
     }
 
 
-def grpc_server(options: ServerOptions) -> tuple[grpc.Server, int]:
+def grpc_server(
+    options: ServerOptions, interceptors: Sequence[grpc.ServerInterceptor[Any, Any]] = ()
+) -> tuple[grpc.Server, int]:
     """A threaded gRPC server with the service's options, bound but without services."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="grpc"),
@@ -209,10 +217,14 @@ def grpc_server(options: ServerOptions) -> tuple[grpc.Server, int]:
             ("grpc.max_receive_message_length", options.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ],
+        interceptors=list(interceptors),
     )
     address = f"[{options.host}]:{options.port}" if ":" in options.host else f"{options.host}:{options.port}"
     try:
-        port = server.add_insecure_port(address)
+        if options.credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, options.credentials)
     except RuntimeError:  # grpc's way of saying the bind failed
         port = 0
     if port == 0:
@@ -221,7 +233,10 @@ def grpc_server(options: ServerOptions) -> tuple[grpc.Server, int]:
 
 
 def create_server(
-    servicer: CodecServicer, options: ServerOptions, health_servicer: health.HealthServicer | None = None
+    servicer: CodecServicer,
+    options: ServerOptions,
+    health_servicer: health.HealthServicer | None = None,
+    interceptors: Sequence[grpc.ServerInterceptor[Any, Any]] = (),
 ) -> tuple[grpc.Server, int]:
     """Build (not start) a threaded gRPC server; returns it with the bound port.
 
@@ -229,7 +244,7 @@ def create_server(
     (SERVING for "" and for CodecService's full name) and server reflection, so
     grpcurl and Kubernetes' gRPC probes work without proto files.
     """
-    server, port = grpc_server(options)
+    server, port = grpc_server(options, interceptors)
     server.add_registered_method_handlers(SERVICE_NAME, method_handlers(servicer))  # type: ignore[attr-defined]
     health_servicer = health_servicer or health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -1,0 +1,35 @@
+# syntax=docker/dockerfile:1
+# Temporal codec server image. Two stages:
+#   build   - installs the pinned toolchain (requirements.lock, as `make install` does), generates the
+#             protobuf code (the same protoc command as `make proto`) and builds wheels of the package
+#             and its runtime dependencies, pinned by requirements.lock.
+#   runtime - python:3.11-slim plus those wheels only: no compilers, no protoc, no dev packages.
+# Runs as a numeric non-root user, writes nothing outside /tmp (read-only root filesystem works).
+# Build: docker build -t temporal-codec:dev .
+
+FROM python:3.11-slim AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY requirements.lock pyproject.toml ./
+RUN python -m venv .venv && .venv/bin/pip install --quiet --upgrade pip && .venv/bin/pip install --quiet -r requirements.lock
+COPY protos protos
+COPY codec_grpc codec_grpc
+COPY server.py README.md ./
+RUN .venv/bin/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. $(find protos -name '*.proto')
+# The package's wheel, then wheels of its runtime dependencies at the versions requirements.lock pins.
+RUN .venv/bin/pip wheel --wheel-dir /wheels --constraint requirements.lock .
+
+FROM python:3.11-slim AS runtime
+# No .pyc writes at run time (pip compiles them at install); logs unbuffered; HOME for botocore's ~/.aws.
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HOME=/tmp
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    pip install --no-index --find-links /wheels temporal-codec-grpc
+USER 10001:10001
+WORKDIR /tmp
+# gRPC, HTTP gateway, Prometheus metrics
+EXPOSE 50051 8081 9464
+CMD ["codec-server"]

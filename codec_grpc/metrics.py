@@ -1,0 +1,242 @@
+"""Prometheus metrics: every metric lives in an injected ``CollectorRegistry``.
+
+Nothing registers into prometheus_client's global registry: the server builds
+one registry (:func:`new_registry`), tests build fresh ones. What is counted:
+
+* gRPC calls (:class:`GrpcMetrics`, fed by ``codec_grpc.interceptor``), named as
+  in go-grpc-prometheus so existing dashboards work: ``grpc_server_started_total``,
+  ``grpc_server_handled_total``, ``grpc_server_handling_seconds``; plus payloads
+  and bytes per method.
+* KMS requests (:class:`KmsMetrics`, fed by the KMS provider's ``observer`` hook,
+  so ``codec_grpc.kms`` stays free of prometheus imports).
+* Data-key caches and current keys (:class:`KeyCacheCollector`), read from the
+  key manager's ``stats()`` at scrape time: no state is copied or can go stale.
+* HTTP gateway requests (:class:`GatewayMetrics`), for the gateway to feed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from codec_grpc.keys import KeyStats
+
+PREFIX = "temporal_codec"
+# Codec calls take about a millisecond when keys are cached and a KMS round trip (10-300 ms)
+# when not; the buckets resolve both, and the multi-second tail of KMS retries.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+__all__ = [
+    "GatewayMetrics",
+    "GrpcMetrics",
+    "KeyCacheCollector",
+    "KmsMetrics",
+    "new_registry",
+    "start_metrics_server",
+]
+
+
+def new_registry() -> CollectorRegistry:
+    """A registry holding the process and platform collectors (memory, CPU, open fds, Python version)."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry
+
+
+def start_metrics_server(host: str, port: int, registry: CollectorRegistry) -> tuple[WSGIServer, int]:
+    """Serve ``registry`` at ``/metrics`` from a daemon thread; returns the server and its bound port.
+
+    Call ``server.shutdown()`` to stop it.
+    """
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return server, int(server.server_address[1])
+
+
+class GrpcMetrics:
+    """Counters and the latency histogram of gRPC calls, by service, method and status code."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        call_labels = ("grpc_service", "grpc_method", "grpc_type")
+        self.started = Counter(
+            "grpc_server_started", "gRPC calls started on the server.", call_labels, registry=registry
+        )
+        self.handled = Counter(
+            "grpc_server_handled",
+            "gRPC calls completed on the server, by status code.",
+            (*call_labels, "grpc_code"),
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "grpc_server_handling_seconds",
+            "Time from receiving a gRPC request to sending its answer.",
+            call_labels,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.payloads = Counter(
+            f"{PREFIX}_payloads",
+            "Payloads encoded or decoded in successful calls.",
+            ("grpc_method",),
+            registry=registry,
+        )
+        self.payload_bytes = Counter(
+            f"{PREFIX}_payload_bytes",
+            "Serialized request (received) and response (sent) bytes of successful codec calls.",
+            ("grpc_method", "direction"),
+            registry=registry,
+        )
+
+    def call_started(self, service: str, method: str) -> None:
+        self.started.labels(service, method, "unary").inc()
+
+    def call_finished(self, service: str, method: str, code: str, seconds: float) -> None:
+        self.handled.labels(service, method, "unary", code).inc()
+        self.latency.labels(service, method, "unary").observe(seconds)
+
+    def payloads_processed(self, method: str, count: int, received: int, sent: int) -> None:
+        self.payloads.labels(method).inc(count)
+        self.payload_bytes.labels(method, "received").inc(received)
+        self.payload_bytes.labels(method, "sent").inc(sent)
+
+
+class KmsMetrics:
+    """KMS requests by operation and outcome, and their latency.
+
+    Pass :meth:`observe` as the KMS provider's ``observer``; it is called once per
+    KMS call (retries inside botocore included in its duration).
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            f"{PREFIX}_kms_requests",
+            "KMS calls by operation (GenerateDataKey, Decrypt) and outcome "
+            "(success, unavailable, access_denied, invalid_ciphertext, error).",
+            ("operation", "outcome"),
+            registry=registry,
+        )
+        self.latency = Histogram(
+            f"{PREFIX}_kms_request_duration_seconds",
+            "Duration of KMS calls, botocore retries included.",
+            ("operation",),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+
+    def observe(self, operation: str, outcome: str, seconds: float) -> None:
+        self.requests.labels(operation, outcome).inc()
+        self.latency.labels(operation).observe(seconds)
+
+
+class KeyCacheCollector(Collector):
+    """Cache and current-key gauges, read from the key manager at every scrape.
+
+    Caches: ``current`` holds the data key each (master key, namespace) slot
+    encrypts with; ``decrypted`` holds unwrapped data keys for decoding. Only the
+    ``decrypted`` cache evicts (LRU at capacity); a current key is replaced, not evicted.
+    """
+
+    def __init__(self, stats: Callable[[], KeyStats], registry: CollectorRegistry | None = None) -> None:
+        self._stats = stats
+        if registry is not None:
+            registry.register(self)
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # families vary with the slots in use; collect() is cheap, so no description
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats()
+        yield _per_cache_counter("cache_hits", "Data-key cache hits.", stats.hot_hits, stats.cold_hits)
+        yield _per_cache_counter("cache_misses", "Data-key cache misses.", stats.hot_misses, stats.cold_misses)
+        evictions = CounterMetricFamily(
+            f"{PREFIX}_cache_evictions", "Data keys evicted at capacity (decrypted cache only).", labels=["cache"]
+        )
+        evictions.add_metric(["decrypted"], stats.cold_evictions)
+        yield evictions
+        size = GaugeMetricFamily(f"{PREFIX}_cache_entries", "Data keys held per cache.", labels=["cache"])
+        size.add_metric(["current"], len(stats.current_keys))
+        size.add_metric(["decrypted"], stats.cold_size)
+        yield size
+        yield GaugeMetricFamily(
+            f"{PREFIX}_cache_capacity_entries", "Most data keys the decrypted cache holds.", value=stats.cold_capacity
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_cached_keys", "Distinct data keys held in memory (both caches).", value=stats.cached_keys
+        )
+        yield from _current_key_families(stats)
+
+
+def _per_cache_counter(name: str, documentation: str, current: int, decrypted: int) -> CounterMetricFamily:
+    family = CounterMetricFamily(f"{PREFIX}_{name}", documentation, labels=["cache"])
+    family.add_metric(["current"], current)
+    family.add_metric(["decrypted"], decrypted)
+    return family
+
+
+def _current_key_families(stats: KeyStats) -> Iterator[Metric]:
+    # not "namespace": Prometheus attaches the Kubernetes namespace under that name at scrape time
+    labels = ["key_alias", "temporal_namespace"]
+    age = GaugeMetricFamily(f"{PREFIX}_current_key_age_seconds", "Age of the current data key.", labels=labels)
+    expires = GaugeMetricFamily(
+        f"{PREFIX}_current_key_expires_in_seconds", "Seconds until the current data key retires.", labels=labels
+    )
+    expired = GaugeMetricFamily(
+        f"{PREFIX}_current_key_expired",
+        "1 when the current data key is retired and not yet replaced (the next Encode replaces it).",
+        labels=labels,
+    )
+    uses = GaugeMetricFamily(
+        f"{PREFIX}_current_key_encryptions", "Payloads encrypted under the current data key.", labels=labels
+    )
+    for key in stats.current_keys:
+        slot = [key.alias, key.namespace or ""]
+        age.add_metric(slot, key.age)
+        expires.add_metric(slot, key.expires_in)
+        expired.add_metric(slot, 1.0 if key.expired else 0.0)
+        uses.add_metric(slot, key.encryptions)
+    yield from (age, expires, expired, uses)
+
+
+class GatewayMetrics:
+    """HTTP gateway requests by route, method and status, and their latency.
+
+    Call :meth:`observe` once per answered request. ``route`` must be one of
+    :attr:`ROUTES` (the last path segment the gateway routed on); anything else
+    is counted as ``other``, so a scanner requesting random paths cannot create
+    unbounded label values.
+    """
+
+    ROUTES = frozenset({"encode", "decode", "download", "health", "metrics", "other"})
+    METHODS = frozenset({"GET", "POST", "OPTIONS", "HEAD", "other"})
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            f"{PREFIX}_http_requests",
+            "HTTP gateway requests by route, method and status code.",
+            ("route", "method", "status"),
+            registry=registry,
+        )
+        self.latency = Histogram(
+            f"{PREFIX}_http_request_duration_seconds",
+            "Time from receiving an HTTP gateway request to answering it.",
+            ("route", "method"),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        route = route if route in self.ROUTES else "other"
+        method = method.upper() if method.upper() in self.METHODS else "other"
+        self.requests.labels(route, method, str(status)).inc()
+        self.latency.labels(route, method).observe(seconds)

@@ -1,0 +1,70 @@
+"""The alert rules and the README's Operations section stay true to the code."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from codec_grpc.keys import CurrentKeyStats, KeyStats
+from codec_grpc.metrics import GatewayMetrics, GrpcMetrics, KeyCacheCollector, KmsMetrics
+
+ROOT = Path(__file__).resolve().parent.parent
+ALERTS = ROOT / "helm" / "temporal-codec" / "files" / "alerts.yaml"
+README = ROOT / "README.md"
+
+
+def exposed_metric_names() -> set[str]:
+    """Every sample name the service can expose, from registries fed one observation each."""
+    registry = CollectorRegistry()
+    grpc_metrics = GrpcMetrics(registry)
+    grpc_metrics.call_started("codec_grpc.v1.CodecService", "Encode")
+    grpc_metrics.call_finished("codec_grpc.v1.CodecService", "Encode", "OK", 0.01)
+    grpc_metrics.payloads_processed("Encode", 1, 10, 20)
+    KmsMetrics(registry).observe("Decrypt", "success", 0.01)
+    GatewayMetrics(registry).observe("decode", "POST", 200, 0.01)
+    current = CurrentKeyStats("alias/a", "ns", "arn:aws:kms:x", 1.0, 2.0, False, 1)
+    KeyCacheCollector(lambda: KeyStats(1, [current], 0, 0, 0, 0, 0, 0, 1), registry)
+    text = generate_latest(registry).decode()
+    return {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (apt-get install prometheus)")
+def test_alert_rules_pass_promtool():
+    result = subprocess.run(["promtool", "check", "rules", str(ALERTS)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 5 rules found" in result.stdout
+
+
+def test_alert_rules_use_only_metrics_the_service_exposes():
+    names = exposed_metric_names()
+    rules = yaml.safe_load(ALERTS.read_text())["groups"][0]["rules"]
+    assert {rule["alert"] for rule in rules} >= {
+        "TemporalCodecKmsErrorRate",
+        "TemporalCodecCurrentKeyExpired",
+        "TemporalCodecHighLatency",
+        "TemporalCodecDown",
+    }
+    for rule in rules:
+        used = set(re.findall(r"\b(?:temporal_codec|grpc_server)_[a-z_]+\b", rule["expr"]))
+        assert used <= names, f"{rule['alert']} uses unknown metrics {used - names}"
+
+
+def test_readme_alert_block_is_the_chart_file():
+    blocks = re.findall(r"```yaml\n(.*?)```", README.read_text(), re.S)
+    assert yaml.safe_load(ALERTS.read_text()) in [yaml.safe_load(block) for block in blocks]
+
+
+def test_readme_metrics_table_matches_what_is_exposed():
+    names = exposed_metric_names()
+    section = README.read_text().split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `([a-z_]+)`", section, re.M))
+    families = {re.sub(r"_(bucket|count|sum)$", "", name) for name in names if not name.endswith("_created")}
+    ours = {name for name in families if name.startswith(("temporal_codec_", "grpc_server_"))}
+    assert documented == ours

@@ -1,0 +1,246 @@
+"""TLS and mTLS on the gRPC port, the gateway's SSLContext, and their settings."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from codec_grpc.config import load_config
+from codec_grpc.errors import ConfigError
+from codec_grpc.tls import gateway_ssl_context, grpc_server_credentials
+from codec_grpc.v1 import codec_pb2, codec_pb2_grpc
+from tests.conftest import codec_env
+from tests.server_process import SERVER
+
+
+@dataclass
+class Issued:
+    cert: Path
+    key: Path
+
+
+class Authority:
+    """A throwaway CA issuing server and client certificates into ``directory``."""
+
+    def __init__(self, directory: Path, name: str = "test-ca") -> None:
+        self.directory = directory
+        self.name = name
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        self.cert = (
+            self._builder(subject, subject, self.key)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )
+        self.path = directory / f"{name}.pem"
+        self.path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+
+    def _builder(
+        self, subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePrivateKey
+    ) -> x509.CertificateBuilder:
+        now = datetime.datetime.now(datetime.UTC)
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+        )
+
+    def issue(self, common_name: str, *, server: bool) -> Issued:
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        builder = self._builder(subject, self.cert.subject, key).add_extension(
+            x509.ExtendedKeyUsage([usage]), critical=False
+        )
+        if server:
+            names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        cert = builder.sign(self.key, hashes.SHA256())
+        issued = Issued(
+            self.directory / f"{self.name}-{common_name}.crt", self.directory / f"{self.name}-{common_name}.key"
+        )
+        issued.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        issued.key.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        return issued
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> dict[str, object]:
+    directory = tmp_path_factory.mktemp("pki")
+    ca, other_ca = Authority(directory), Authority(directory, "other-ca")
+    return {
+        "ca": ca,
+        "other_ca": other_ca,
+        "server": ca.issue("codec-server", server=True),
+        "gateway": ca.issue("codec-gateway", server=True),
+        "client": ca.issue("worker", server=False),
+        "stranger": other_ca.issue("stranger", server=False),
+    }
+
+
+def secure_channel(port: int, ca: Authority, client: Issued | None = None) -> grpc.Channel:
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=ca.path.read_bytes(),
+        private_key=client.key.read_bytes() if client else None,
+        certificate_chain=client.cert.read_bytes() if client else None,
+    )
+    return grpc.secure_channel(f"127.0.0.1:{port}", credentials)
+
+
+def health_check(channel: grpc.Channel) -> int:
+    with channel:
+        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+
+
+def refused(channel: grpc.Channel) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as failure:
+        health_check(channel)
+    return failure.value.code()
+
+
+def tls_settings(pki, *, mtls: bool = False) -> dict[str, str]:
+    settings = {"TLS_CERT_FILE": str(pki["server"].cert), "TLS_KEY_FILE": str(pki["server"].key)}
+    if mtls:
+        settings["TLS_CLIENT_CA_FILE"] = str(pki["ca"].path)
+    return settings
+
+
+def test_tls_accepts_verified_clients_and_refuses_plaintext(codec_server, make_key, pki):
+    alias, _ = make_key()
+    running = codec_server(KMS_KEY_ALIAS=alias, **tls_settings(pki))
+    assert health_check(secure_channel(running.app.port, pki["ca"])) == health_pb2.HealthCheckResponse.SERVING
+    with secure_channel(running.app.port, pki["ca"]) as channel:
+        answer = codec_pb2_grpc.CodecServiceStub(channel).Encode(
+            codec_pb2.EncodeRequest(payloads=[codec_pb2.Payload(data=b"x")]), timeout=10
+        )
+        assert answer.payloads[0].metadata["encoding"] == b"binary/encrypted"
+    assert refused(grpc.insecure_channel(f"127.0.0.1:{running.app.port}")) == grpc.StatusCode.UNAVAILABLE
+    # a client that does not trust the server's CA refuses the server
+    assert refused(secure_channel(running.app.port, pki["other_ca"])) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_mtls_requires_a_client_certificate_from_the_ca(codec_server, make_key, pki):
+    alias, _ = make_key()
+    running = codec_server(KMS_KEY_ALIAS=alias, **tls_settings(pki, mtls=True))
+    port = running.app.port
+    assert health_check(secure_channel(port, pki["ca"], pki["client"])) == health_pb2.HealthCheckResponse.SERVING
+    assert refused(secure_channel(port, pki["ca"])) == grpc.StatusCode.UNAVAILABLE
+    assert refused(secure_channel(port, pki["ca"], pki["stranger"])) == grpc.StatusCode.UNAVAILABLE
+    assert refused(grpc.insecure_channel(f"127.0.0.1:{port}")) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_plaintext_stays_the_default(kms_endpoint):
+    config = load_config(codec_env(kms_endpoint))
+    assert grpc_server_credentials(config) is None
+    assert gateway_ssl_context(config) is None
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"TLS_CERT_FILE": "/x.crt"}, "TLS_KEY_FILE: must be set together with TLS_CERT_FILE"),
+        ({"TLS_KEY_FILE": "/x.key"}, "TLS_CERT_FILE: must be set together with TLS_KEY_FILE"),
+        ({"TLS_CLIENT_CA_FILE": "/ca.pem"}, "TLS_CLIENT_CA_FILE: requires TLS_CERT_FILE and TLS_KEY_FILE"),
+        ({"GATEWAY_TLS_KEY_FILE": "/g.key"}, "GATEWAY_TLS_CERT_FILE: must be set together with GATEWAY_TLS_KEY_FILE"),
+    ],
+)
+def test_half_configured_tls_is_refused(kms_endpoint, settings, named):
+    with pytest.raises(ConfigError) as error:
+        load_config(codec_env(kms_endpoint, **settings))
+    assert str(error.value).startswith(named)
+
+
+def test_unreadable_or_mismatched_files_name_the_setting(kms_endpoint, pki, tmp_path):
+    missing = load_config(codec_env(kms_endpoint, TLS_CERT_FILE=tmp_path / "none.crt", TLS_KEY_FILE=pki["server"].key))
+    with pytest.raises(ConfigError, match=r"^TLS_CERT_FILE: cannot read .*none\.crt"):
+        grpc_server_credentials(missing)
+    not_pem = tmp_path / "junk.pem"
+    not_pem.write_text("hello")
+    junk = load_config(codec_env(kms_endpoint, **tls_settings(pki) | {"TLS_CLIENT_CA_FILE": str(not_pem)}))
+    with pytest.raises(ConfigError, match=r"^TLS_CLIENT_CA_FILE: .*junk\.pem is not a PEM file"):
+        grpc_server_credentials(junk)
+    swapped = load_config(codec_env(kms_endpoint, TLS_CERT_FILE=pki["server"].cert, TLS_KEY_FILE=pki["gateway"].key))
+    with pytest.raises(ConfigError, match=r"^TLS_CERT_FILE: cannot load certificate"):
+        grpc_server_credentials(swapped)
+    with pytest.raises(ConfigError, match=r"^TLS_CERT_FILE: cannot load certificate"):
+        gateway_ssl_context(swapped)
+
+
+def test_server_script_exits_2_naming_a_bad_tls_file(server_script_env, kms_endpoint, tmp_path):
+    env = server_script_env | codec_env(
+        kms_endpoint, TLS_CERT_FILE=tmp_path / "no.crt", TLS_KEY_FILE=tmp_path / "no.key"
+    )
+    result = subprocess.run(
+        [sys.executable, str(SERVER)], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 2
+    assert "codec-server: error: TLS_CERT_FILE: cannot read" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def serve_https(context: ssl.SSLContext) -> tuple[HTTPServer, int]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, format, *args) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, server.server_address[1]
+
+
+def served_certificate_cn(port: int, ca: Authority) -> str:
+    client = ssl.create_default_context(cafile=str(ca.path))
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        client.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        tls.sendall(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        assert tls.recv(64).startswith(b"HTTP/1.0 200")
+        subject = dict(item[0] for item in tls.getpeercert()["subject"])  # type: ignore[index, misc]
+        return str(subject["commonName"])
+
+
+@pytest.mark.parametrize(("own_pair", "expected_cn"), [(False, "codec-server"), (True, "codec-gateway")])
+def test_gateway_ssl_context_serves_https_with_its_own_or_the_grpc_pair(kms_endpoint, pki, own_pair, expected_cn):
+    settings = tls_settings(pki)
+    if own_pair:
+        settings |= {"GATEWAY_TLS_CERT_FILE": str(pki["gateway"].cert), "GATEWAY_TLS_KEY_FILE": str(pki["gateway"].key)}
+    context = gateway_ssl_context(load_config(codec_env(kms_endpoint, **settings)))
+    assert context is not None and context.minimum_version == ssl.TLSVersion.TLSv1_2
+    server, port = serve_https(context)
+    try:
+        assert served_certificate_cn(port, pki["ca"]) == expected_cn
+    finally:
+        server.shutdown()
+        server.server_close()
