@@ -154,9 +154,12 @@ def _start_gateway(app: CodecApp) -> GatewayThread | None:
     config = app.config
     if not config.gateway_enabled:
         return None
-    gateway = GatewayThread(config, local_target(config.grpc_host, app.port))
+    gateway = GatewayThread(config, local_target(config.grpc_host, app.port), app.registry)
     try:
         port = gateway.start()
+    except ConfigError:
+        app.server.stop(grace=None).wait()
+        raise
     except OSError as exc:
         app.server.stop(grace=None).wait()
         raise ConfigError("PORT", str(exc)) from None

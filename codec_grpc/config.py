@@ -280,6 +280,25 @@ SETTINGS: tuple[Setting, ...] = (
         "PEM certificate chain for the HTTPS gateway (default: TLS_CERT_FILE)",
     ),
     Setting("GATEWAY_TLS_KEY_FILE", "", parse_optional, "PEM private key for the gateway (default: TLS_KEY_FILE)"),
+    Setting(
+        "CODEC_GRPC_CA_FILE",
+        "",
+        parse_optional,
+        "PEM CA bundle that signed the gRPC server's certificate: the gateway then calls gRPC over TLS",
+    ),
+    Setting(
+        "CODEC_GRPC_CLIENT_CERT_FILE",
+        "",
+        parse_optional,
+        "PEM client certificate the gateway presents to a gRPC server that requires one (mTLS)",
+    ),
+    Setting("CODEC_GRPC_CLIENT_KEY_FILE", "", parse_optional, "PEM private key of CODEC_GRPC_CLIENT_CERT_FILE"),
+    Setting(
+        "CODEC_GRPC_SERVER_NAME",
+        "",
+        parse_optional,
+        "name the gateway expects in the gRPC server's certificate (default: the host it connects to)",
+    ),
 )
 
 
@@ -329,6 +348,10 @@ class Config:
     tls_client_ca_file: str | None
     gateway_tls_cert_file: str | None
     gateway_tls_key_file: str | None
+    codec_grpc_ca_file: str | None
+    codec_grpc_client_cert_file: str | None
+    codec_grpc_client_key_file: str | None
+    codec_grpc_server_name: str | None
 
     @property
     def auth_enabled(self) -> bool:
@@ -377,6 +400,7 @@ def _check_consistency(config: Config) -> None:
     )
     if config.tls_client_ca_file and not config.tls_cert_file:
         raise ConfigError("TLS_CLIENT_CA_FILE", "requires TLS_CERT_FILE and TLS_KEY_FILE (mTLS is TLS first)")
+    _check_gateway_upstream_tls(config)
     if config.data_key_max_encryptions < config.max_payloads_per_request:
         raise ConfigError(
             "DATA_KEY_MAX_ENCRYPTIONS",
@@ -384,6 +408,30 @@ def _check_consistency(config: Config) -> None:
             f"got {config.data_key_max_encryptions}",
         )
     _check_auth(config)
+
+
+def _check_gateway_upstream_tls(config: Config) -> None:
+    _check_pair(
+        "CODEC_GRPC_CLIENT_CERT_FILE",
+        config.codec_grpc_client_cert_file,
+        "CODEC_GRPC_CLIENT_KEY_FILE",
+        config.codec_grpc_client_key_file,
+    )
+    if config.codec_grpc_client_cert_file and not config.codec_grpc_ca_file:
+        raise ConfigError("CODEC_GRPC_CA_FILE", "must be set with CODEC_GRPC_CLIENT_CERT_FILE (mTLS is TLS first)")
+    if config.gateway_enabled and config.tls_cert_file and not config.codec_grpc_ca_file:
+        # The in-process gateway calls the gRPC port like any client: it must be able to verify it.
+        raise ConfigError(
+            "CODEC_GRPC_CA_FILE",
+            "must be set when TLS_CERT_FILE is set and GATEWAY_ENABLED is true: the CA that signed "
+            "TLS_CERT_FILE, so the in-process gateway can call the gRPC port (or set GATEWAY_ENABLED=false)",
+        )
+    if config.gateway_enabled and config.tls_client_ca_file and not config.codec_grpc_client_cert_file:
+        raise ConfigError(
+            "CODEC_GRPC_CLIENT_CERT_FILE",
+            "must be set when TLS_CLIENT_CA_FILE is set and GATEWAY_ENABLED is true: the gRPC port "
+            "requires a client certificate of the in-process gateway too",
+        )
 
 
 def _check_auth(config: Config) -> None:

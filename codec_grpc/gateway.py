@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -31,6 +32,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from codec_grpc.config import Config, parse_namespace
 from codec_grpc.gateway_auth import AuthError, AuthUnavailableError, TokenVerifier
 from codec_grpc.gateway_body import BodyError, parse_request, payloads_json, stats_json
+from codec_grpc.metrics import GatewayMetrics
 from codec_grpc.v1 import codec_pb2, codec_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -75,11 +77,18 @@ class GatewaySettings:
 class Upstream:
     """The gRPC side: one ``grpc.aio`` channel; create it on the loop that serves the gateway."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(
+        self, target: str, credentials: grpc.ChannelCredentials | None = None, server_name: str | None = None
+    ) -> None:
         # The gRPC server enforces its own size limits and answers RESOURCE_EXHAUSTED (413 here);
         # the client side must not refuse first with a less helpful message.
-        self.channel = grpc.aio.insecure_channel(
-            target, options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+        options: list[tuple[str, Any]] = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+        if server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
+        self.channel = (
+            grpc.aio.insecure_channel(target, options=options)
+            if credentials is None
+            else grpc.aio.secure_channel(target, credentials, options=options)
         )
         self.codec = codec_pb2_grpc.CodecServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
@@ -120,14 +129,39 @@ def http_error_for(error: grpc.aio.AioRpcError) -> HttpError:
     return HttpError(status, message)
 
 
-def create_app(settings: GatewaySettings, upstream: Upstream, verifier: TokenVerifier | None = None) -> web.Application:
-    """The aiohttp application; every answer passes through the CORS/error middleware."""
+def create_app(
+    settings: GatewaySettings,
+    upstream: Upstream,
+    verifier: TokenVerifier | None = None,
+    metrics: GatewayMetrics | None = None,
+) -> web.Application:
+    """The aiohttp application; every answer passes through the CORS/error middleware (and is counted)."""
     routes = _Routes(settings, upstream, verifier)
-    app = web.Application(
-        middlewares=[_cors_and_errors(settings.allowed_origins)], client_max_size=settings.max_body_bytes
-    )
+    middlewares = [_cors_and_errors(settings.allowed_origins)]
+    if metrics is not None:
+        middlewares.insert(0, _observed(metrics))  # outermost: sees the final status of every answer
+    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
     app.router.add_route("*", "/{path:.*}", routes.dispatch)
     return app
+
+
+def _observed(metrics: GatewayMetrics) -> Any:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.monotonic()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        finally:
+            route = request.path.rstrip("/").rpartition("/")[2]
+            try:
+                metrics.observe(route, request.method, status, time.monotonic() - started)
+            except Exception:  # counting must never fail an answer
+                log.exception("cannot count an HTTP request")
+
+    return middleware
 
 
 def _cors_and_errors(allowed: frozenset[str]) -> Any:

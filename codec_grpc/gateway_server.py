@@ -22,11 +22,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from codec_grpc.config import Config, load_config
 from codec_grpc.errors import ConfigError
 from codec_grpc.gateway import GatewaySettings, Upstream, create_app
 from codec_grpc.gateway_auth import AuthSettings, TokenVerifier
+from codec_grpc.logs import configure_logging
+from codec_grpc.metrics import GatewayMetrics, new_registry, start_metrics_server
+from codec_grpc.tls import gateway_ssl_context, gateway_upstream_credentials
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +70,20 @@ class RunningGateway:
         await self.upstream.close()
 
 
-async def start_gateway(config: Config, target: str) -> RunningGateway:
-    """Serve the gateway on GATEWAY_HOST:PORT in front of the gRPC service at ``target``."""
-    upstream = Upstream(target)
-    app = create_app(GatewaySettings.from_config(config), upstream, token_verifier(config))
+async def start_gateway(config: Config, target: str, registry: CollectorRegistry | None = None) -> RunningGateway:
+    """Serve the gateway on GATEWAY_HOST:PORT in front of the gRPC service at ``target``.
+
+    HTTPS when the gateway or gRPC TLS settings say so; TLS to ``target`` when
+    CODEC_GRPC_CA_FILE is set; request metrics into ``registry`` when given.
+    """
+    ssl_context = gateway_ssl_context(config)
+    upstream = Upstream(target, gateway_upstream_credentials(config), config.codec_grpc_server_name)
+    metrics = GatewayMetrics(registry) if registry is not None else None
+    app = create_app(GatewaySettings.from_config(config), upstream, token_verifier(config), metrics)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     try:
-        await web.TCPSite(runner, config.gateway_host, config.port).start()
+        await web.TCPSite(runner, config.gateway_host, config.port, ssl_context=ssl_context).start()
     except BaseException:
         await runner.cleanup()
         await upstream.close()
@@ -85,9 +95,10 @@ async def start_gateway(config: Config, target: str) -> RunningGateway:
 class GatewayThread:
     """The gateway on its own event loop in a daemon thread."""
 
-    def __init__(self, config: Config, target: str) -> None:
+    def __init__(self, config: Config, target: str, registry: CollectorRegistry | None = None) -> None:
         self._config = config
         self._target = target
+        self._registry = registry
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -116,7 +127,7 @@ class GatewayThread:
         asyncio.set_event_loop(self._loop)
         try:
             try:
-                self._gateway = self._loop.run_until_complete(start_gateway(self._config, self._target))
+                self._gateway = self._loop.run_until_complete(start_gateway(self._config, self._target, self._registry))
             except BaseException as exc:
                 self._error = exc
                 return
@@ -137,15 +148,26 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except ConfigError as exc:
         print(f"codec-gateway: error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(config.log_level, config.log_format)
     return asyncio.run(_serve(config))
 
 
 async def _serve(config: Config) -> int:
+    registry = new_registry()
+    metrics_server = None
     try:
-        gateway = await start_gateway(config, config.codec_grpc_target)
+        if config.metrics_enabled:
+            metrics_server, metrics_port = start_metrics_server(config.metrics_host, config.metrics_port, registry)
+            log.info("metrics at http://%s:%d/metrics", config.metrics_host, metrics_port)
+        gateway = await start_gateway(config, config.codec_grpc_target, registry)
+    except ConfigError as exc:
+        print(f"codec-gateway: error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
-        print(f"codec-gateway: error: PORT: {exc}", file=sys.stderr)
+        where = "PORT" if metrics_server is not None or not config.metrics_enabled else "METRICS_PORT"
+        print(f"codec-gateway: error: {where}: {exc}", file=sys.stderr)
+        if metrics_server is not None:
+            metrics_server.shutdown()
         return 2
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -161,4 +183,6 @@ async def _serve(config: Config) -> int:
     await stopping.wait()
     log.info("stopping")
     await gateway.stop()
+    if metrics_server is not None:
+        metrics_server.shutdown()
     return 0

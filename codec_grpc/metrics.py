@@ -217,7 +217,7 @@ class GatewayMetrics:
     unbounded label values.
     """
 
-    ROUTES = frozenset({"encode", "decode", "download", "health", "metrics", "other"})
+    ROUTES = frozenset({"encode", "decode", "download", "health", "stats", "other"})
     METHODS = frozenset({"GET", "POST", "OPTIONS", "HEAD", "other"})
 
     def __init__(self, registry: CollectorRegistry) -> None:

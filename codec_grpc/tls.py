@@ -68,3 +68,19 @@ def _check_pair(setting: str, cert: str, key: str) -> ssl.SSLContext:
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(setting, f"cannot load certificate {cert} with key {key}: {exc}") from None
     return context
+
+
+def gateway_upstream_credentials(config: Config) -> grpc.ChannelCredentials | None:
+    """TLS credentials for the gateway's calls to the gRPC service, or None for plaintext.
+
+    ``CODEC_GRPC_CA_FILE`` verifies the server; ``CODEC_GRPC_CLIENT_CERT_FILE`` and
+    ``CODEC_GRPC_CLIENT_KEY_FILE`` answer a server that requires client certificates.
+    """
+    if not config.codec_grpc_ca_file:
+        return None
+    roots = read_pem("CODEC_GRPC_CA_FILE", config.codec_grpc_ca_file)
+    chain = key = None
+    if config.codec_grpc_client_cert_file and config.codec_grpc_client_key_file:
+        chain = read_pem("CODEC_GRPC_CLIENT_CERT_FILE", config.codec_grpc_client_cert_file)
+        key = read_pem("CODEC_GRPC_CLIENT_KEY_FILE", config.codec_grpc_client_key_file)
+    return grpc.ssl_channel_credentials(root_certificates=roots, private_key=key, certificate_chain=chain)

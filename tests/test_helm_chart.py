@@ -34,6 +34,10 @@ CHART_MANAGED = {
     "CODEC_GRPC_TARGET",
     "GATEWAY_TLS_CERT_FILE",
     "GATEWAY_TLS_KEY_FILE",
+    "CODEC_GRPC_CA_FILE",
+    "CODEC_GRPC_CLIENT_CERT_FILE",
+    "CODEC_GRPC_CLIENT_KEY_FILE",
+    "CODEC_GRPC_SERVER_NAME",
 }
 GATEWAY_SETTINGS = {
     "CORS_ALLOWED_ORIGINS",
@@ -132,9 +136,9 @@ def test_two_container_pod_with_probes_and_commands(rendered):
     assert env_of(gateway)["CODEC_GRPC_TARGET"] == "localhost:50051"
     assert env_of(gateway)["PORT"] == "8081"
     assert {p["name"]: p["containerPort"] for p in server["ports"]} == {"grpc": 50051, "metrics": 9464}
-    assert {p["name"]: p["containerPort"] for p in gateway["ports"]} == {"http": 8081}
+    assert {p["name"]: p["containerPort"] for p in gateway["ports"]} == {"http": 8081, "gateway-metrics": 9465}
     ports = {p["name"]: p["port"] for p in objects(rendered, "defaults")["Service"]["spec"]["ports"]}
-    assert ports == {"grpc": 50051, "http": 8081, "metrics": 9464}
+    assert ports == {"grpc": 50051, "http": 8081, "metrics": 9464, "gateway-metrics": 9465}
     assert "gateway" not in containers(rendered, "no-gateway")
 
 
@@ -159,8 +163,15 @@ def test_tls_secrets_irsa_and_optional_parts(rendered):
     assert volumes["tls"]["secret"]["secretName"] == "codec-tls"
     assert volumes["client-ca"]["secret"]["secretName"] == "codec-client-ca"
     assert volumes["gateway-tls"]["secret"]["secretName"] == "codec-tls"  # defaults to the gRPC secret
+    assert volumes["grpc-ca"]["secret"]["secretName"] == "codec-tls"  # ca.crt beside tls.crt (cert-manager)
+    assert volumes["gateway-client"]["secret"]["secretName"] == "codec-gateway-client"
     server = containers(rendered, "all-on")["codec-server"]
     assert server["readinessProbe"]["tcpSocket"] == {"port": "grpc"}  # the gRPC probe cannot do TLS
+    gateway_env = env_of(containers(rendered, "all-on")["gateway"])
+    assert gateway_env["CODEC_GRPC_CA_FILE"] == "/etc/codec/grpc-ca/ca.crt"
+    assert gateway_env["CODEC_GRPC_CLIENT_CERT_FILE"] == "/etc/codec/gateway-client/tls.crt"
+    assert gateway_env["CODEC_GRPC_SERVER_NAME"] == "localhost"
+    assert load_config(gateway_env).codec_grpc_ca_file == "/etc/codec/grpc-ca/ca.crt"  # a valid gateway config
     assert [e["port"] for e in everything["ServiceMonitor"]["spec"]["endpoints"]] == ["metrics", "gateway-metrics"]
     assert everything["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["kind"] == "Deployment"
     assert "replicas" not in everything["Deployment"]["spec"]  # the HPA owns it

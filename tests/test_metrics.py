@@ -212,3 +212,39 @@ def test_a_failing_metric_never_fails_the_call(codec_server, make_key, monkeypat
     answer = running.stub.Encode(codec_pb2.EncodeRequest(payloads=payloads(2)), timeout=10)
     assert len(answer.payloads) == 2
     assert "cannot record the call to Encode" in caplog.text
+
+
+def test_in_process_gateway_counts_http_requests_by_route_and_status(codec_server, make_key):
+    """The gateway's requests land in the server's registry, served on METRICS_PORT with the rest."""
+    import http.client
+    import json
+
+    from codec_grpc.gateway_server import GatewayThread
+
+    running = codec_server(KMS_KEY_ALIAS=make_key()[0], PORT=0, GATEWAY_HOST="127.0.0.1")
+    gateway = GatewayThread(running.app.config, running.target, running.app.registry)
+    port = gateway.start()
+    body = json.dumps({"payloads": [{"metadata": {"encoding": "anNvbi9wbGFpbg=="}, "data": "IjEi"}]})
+    try:
+        for method, path, payload in [
+            ("POST", "/api/encode?preserveStorageRefs=true", body),
+            ("POST", "/encode", body),
+            ("POST", "/decode", "not json"),
+            ("POST", "/download", body),
+            ("GET", "/health", None),
+            ("GET", "/some/random/path", None),
+        ]:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            connection.request(method, path, body=payload, headers={"Content-Type": "application/json"})
+            connection.getresponse().read()
+            connection.close()
+    finally:
+        gateway.stop()
+    found = samples(scrape(running.app.registry))
+    requests = "temporal_codec_http_requests_total"
+    assert value(found, requests, route="encode", method="POST", status="200") == 2
+    assert value(found, requests, route="decode", method="POST", status="400") == 1
+    assert value(found, requests, route="download", method="POST", status="404") == 1
+    assert value(found, requests, route="health", method="GET", status="200") == 1
+    assert value(found, requests, route="other", method="GET", status="404") == 1
+    assert value(found, "temporal_codec_http_request_duration_seconds_count", route="encode", method="POST") == 2

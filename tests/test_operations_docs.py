@@ -68,3 +68,11 @@ def test_readme_metrics_table_matches_what_is_exposed():
     families = {re.sub(r"_(bucket|count|sum)$", "", name) for name in names if not name.endswith("_created")}
     ours = {name for name in families if name.startswith(("temporal_codec_", "grpc_server_"))}
     assert documented == ours
+
+
+def test_readme_names_every_setting():
+    from codec_grpc.config import SETTINGS
+
+    text = README.read_text()
+    missing = [setting.env for setting in SETTINGS if f"`{setting.env}`" not in text]
+    assert not missing, f"settings the README does not document: {missing}"

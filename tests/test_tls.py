@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import socket
+import http.client
+import json
 import ssl
 import subprocess
 import sys
@@ -22,6 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from codec_grpc.config import load_config
+from codec_grpc.gateway_server import GatewayThread
 from codec_grpc.errors import ConfigError
 from codec_grpc.tls import gateway_ssl_context, grpc_server_credentials
 from codec_grpc.v1 import codec_pb2, codec_pb2_grpc
@@ -123,10 +126,54 @@ def refused(channel: grpc.Channel) -> grpc.StatusCode:
 
 
 def tls_settings(pki, *, mtls: bool = False) -> dict[str, str]:
-    settings = {"TLS_CERT_FILE": str(pki["server"].cert), "TLS_KEY_FILE": str(pki["server"].key)}
+    """TLS on the gRPC port, and what the in-process gateway needs to call it."""
+    settings = {
+        "TLS_CERT_FILE": str(pki["server"].cert),
+        "TLS_KEY_FILE": str(pki["server"].key),
+        "CODEC_GRPC_CA_FILE": str(pki["ca"].path),
+    }
     if mtls:
         settings["TLS_CLIENT_CA_FILE"] = str(pki["ca"].path)
+        settings["CODEC_GRPC_CLIENT_CERT_FILE"] = str(pki["client"].cert)
+        settings["CODEC_GRPC_CLIENT_KEY_FILE"] = str(pki["client"].key)
     return settings
+
+
+@pytest.mark.parametrize("mtls", [False, True])
+def test_gateway_serves_https_and_calls_grpc_over_tls(codec_server, make_key, pki, mtls):
+    """The in-process gateway over HTTPS, in front of a gRPC port that requires TLS (and client certs)."""
+    alias, _ = make_key()
+    running = codec_server(KMS_KEY_ALIAS=alias, PORT=0, GATEWAY_HOST="127.0.0.1", **tls_settings(pki, mtls=mtls))
+    gateway = GatewayThread(running.app.config, f"127.0.0.1:{running.app.port}")
+    port = gateway.start()
+    try:
+        context = ssl.create_default_context(cafile=str(pki["ca"].path))
+        body = json.dumps({"payloads": [{"metadata": {"encoding": "anNvbi9wbGFpbg=="}, "data": "IjEi"}]})
+        connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+        connection.request("POST", "/encode", body=body, headers={"Content-Type": "application/json"})
+        encoded = connection.getresponse()
+        assert encoded.status == 200
+        payloads = json.loads(encoded.read())["payloads"]
+        connection.request("POST", "/decode", body=json.dumps({"payloads": payloads}),
+                           headers={"Content-Type": "application/json"})
+        decoded = connection.getresponse()
+        assert decoded.status == 200
+        assert json.loads(decoded.read())["payloads"][0]["data"] == "IjEi"
+        connection.request("GET", "/health")
+        assert connection.getresponse().status == 200
+        connection.close()
+    finally:
+        gateway.stop()
+
+
+def test_in_process_gateway_needs_the_ca_of_a_tls_grpc_port(kms_endpoint, pki):
+    settings = {"TLS_CERT_FILE": str(pki["server"].cert), "TLS_KEY_FILE": str(pki["server"].key)}
+    with pytest.raises(ConfigError, match="^CODEC_GRPC_CA_FILE: must be set when TLS_CERT_FILE is set"):
+        load_config(codec_env(kms_endpoint, **settings))
+    assert load_config(codec_env(kms_endpoint, GATEWAY_ENABLED="false", **settings)).tls_cert_file
+    mtls = tls_settings(pki) | {"TLS_CLIENT_CA_FILE": str(pki["ca"].path)}
+    with pytest.raises(ConfigError, match="^CODEC_GRPC_CLIENT_CERT_FILE: must be set when TLS_CLIENT_CA_FILE"):
+        load_config(codec_env(kms_endpoint, **mtls))
 
 
 def test_tls_accepts_verified_clients_and_refuses_plaintext(codec_server, make_key, pki):
@@ -175,15 +222,19 @@ def test_half_configured_tls_is_refused(kms_endpoint, settings, named):
 
 
 def test_unreadable_or_mismatched_files_name_the_setting(kms_endpoint, pki, tmp_path):
-    missing = load_config(codec_env(kms_endpoint, TLS_CERT_FILE=tmp_path / "none.crt", TLS_KEY_FILE=pki["server"].key))
+    missing = load_config(
+        codec_env(kms_endpoint, GATEWAY_ENABLED="false", TLS_CERT_FILE=tmp_path / "none.crt", TLS_KEY_FILE=pki["server"].key)
+    )
     with pytest.raises(ConfigError, match=r"^TLS_CERT_FILE: cannot read .*none\.crt"):
         grpc_server_credentials(missing)
     not_pem = tmp_path / "junk.pem"
     not_pem.write_text("hello")
-    junk = load_config(codec_env(kms_endpoint, **tls_settings(pki) | {"TLS_CLIENT_CA_FILE": str(not_pem)}))
+    junk = load_config(codec_env(kms_endpoint, **tls_settings(pki, mtls=True) | {"TLS_CLIENT_CA_FILE": str(not_pem)}))
     with pytest.raises(ConfigError, match=r"^TLS_CLIENT_CA_FILE: .*junk\.pem is not a PEM file"):
         grpc_server_credentials(junk)
-    swapped = load_config(codec_env(kms_endpoint, TLS_CERT_FILE=pki["server"].cert, TLS_KEY_FILE=pki["gateway"].key))
+    swapped = load_config(
+        codec_env(kms_endpoint, GATEWAY_ENABLED="false", TLS_CERT_FILE=pki["server"].cert, TLS_KEY_FILE=pki["gateway"].key)
+    )
     with pytest.raises(ConfigError, match=r"^TLS_CERT_FILE: cannot load certificate"):
         grpc_server_credentials(swapped)
     with pytest.raises(ConfigError, match=r"^TLS_CERT_FILE: cannot load certificate"):
@@ -192,7 +243,7 @@ def test_unreadable_or_mismatched_files_name_the_setting(kms_endpoint, pki, tmp_
 
 def test_server_script_exits_2_naming_a_bad_tls_file(server_script_env, kms_endpoint, tmp_path):
     env = server_script_env | codec_env(
-        kms_endpoint, TLS_CERT_FILE=tmp_path / "no.crt", TLS_KEY_FILE=tmp_path / "no.key"
+        kms_endpoint, GATEWAY_ENABLED="false", TLS_CERT_FILE=tmp_path / "no.crt", TLS_KEY_FILE=tmp_path / "no.key"
     )
     result = subprocess.run(
         [sys.executable, str(SERVER)], env=env, capture_output=True, text=True, timeout=60, check=False
