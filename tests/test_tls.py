@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import datetime
-import ipaddress
-import socket
 import http.client
+import ipaddress
 import json
+import socket
 import ssl
 import subprocess
 import sys
@@ -24,8 +24,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from codec_grpc.config import load_config
-from codec_grpc.gateway_server import GatewayThread
 from codec_grpc.errors import ConfigError
+from codec_grpc.gateway_server import GatewayThread
 from codec_grpc.tls import gateway_ssl_context, grpc_server_credentials
 from codec_grpc.v1 import codec_pb2, codec_pb2_grpc
 from tests.conftest import codec_env
@@ -154,8 +154,9 @@ def test_gateway_serves_https_and_calls_grpc_over_tls(codec_server, make_key, pk
         encoded = connection.getresponse()
         assert encoded.status == 200
         payloads = json.loads(encoded.read())["payloads"]
-        connection.request("POST", "/decode", body=json.dumps({"payloads": payloads}),
-                           headers={"Content-Type": "application/json"})
+        connection.request(
+            "POST", "/decode", body=json.dumps({"payloads": payloads}), headers={"Content-Type": "application/json"}
+        )
         decoded = connection.getresponse()
         assert decoded.status == 200
         assert json.loads(decoded.read())["payloads"][0]["data"] == "IjEi"
@@ -222,18 +223,22 @@ def test_half_configured_tls_is_refused(kms_endpoint, settings, named):
 
 
 def test_unreadable_or_mismatched_files_name_the_setting(kms_endpoint, pki, tmp_path):
+    no_gateway = {"GATEWAY_ENABLED": "false"}
     missing = load_config(
-        codec_env(kms_endpoint, GATEWAY_ENABLED="false", TLS_CERT_FILE=tmp_path / "none.crt", TLS_KEY_FILE=pki["server"].key)
+        codec_env(kms_endpoint, **no_gateway, TLS_CERT_FILE=tmp_path / "none.crt", TLS_KEY_FILE=pki["server"].key)
     )
     with pytest.raises(ConfigError, match=r"^TLS_CERT_FILE: cannot read .*none\.crt"):
         grpc_server_credentials(missing)
     not_pem = tmp_path / "junk.pem"
     not_pem.write_text("hello")
-    junk = load_config(codec_env(kms_endpoint, **tls_settings(pki, mtls=True) | {"TLS_CLIENT_CA_FILE": str(not_pem)}))
+    junk_ca = {"TLS_CLIENT_CA_FILE": str(not_pem)}
+    junk = load_config(codec_env(kms_endpoint, **tls_settings(pki, mtls=True) | junk_ca))
     with pytest.raises(ConfigError, match=r"^TLS_CLIENT_CA_FILE: .*junk\.pem is not a PEM file"):
         grpc_server_credentials(junk)
     swapped = load_config(
-        codec_env(kms_endpoint, GATEWAY_ENABLED="false", TLS_CERT_FILE=pki["server"].cert, TLS_KEY_FILE=pki["gateway"].key)
+        codec_env(
+            kms_endpoint, GATEWAY_ENABLED="false", TLS_CERT_FILE=pki["server"].cert, TLS_KEY_FILE=pki["gateway"].key
+        )
     )
     with pytest.raises(ConfigError, match=r"^TLS_CERT_FILE: cannot load certificate"):
         grpc_server_credentials(swapped)
