@@ -25,7 +25,7 @@ _PAYLOAD_FIELDS = frozenset({"metadata", "data", "externalPayloads", "external_p
 
 
 _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-_SEXTET = {char: index for index, char in enumerate(_ALPHABET)}
+SEXTET = {char: index for index, char in enumerate(_ALPHABET)}
 
 
 class BodyError(ValueError):
@@ -98,7 +98,7 @@ def check_base64(path: str, value: Any) -> None:
     except (binascii.Error, ValueError):
         raise BodyError(f"{path}: not valid base64") from None
     padding = len(text) - len(text.rstrip("="))
-    if padding and _SEXTET[text[-padding - 1]] & (0b1111 if padding == 2 else 0b11):
+    if padding and SEXTET[text[-padding - 1]] & (0b1111 if padding == 2 else 0b11):
         raise BodyError(f"{path}: not valid base64 (non-zero bits after the last byte: is it base64-encoded?)")
 
 
