@@ -41,7 +41,7 @@ def request_bytes(body: bytes, namespace: str) -> bytes:
     """
     try:
         document = json.loads(body)
-    except ValueError:  # not JSON, or not UTF-8: the reference path words the error
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, too deep: the reference path words the error
         document = None
     payloads = _simple_payloads(document)
     if payloads is None:

@@ -64,7 +64,7 @@ document = st.one_of(
 )
 body = st.one_of(
     document.map(lambda d: json.dumps(d).encode()),
-    st.sampled_from([b"", b"{", b"\xff\xfe", b'{"payloads": [}', b"null", b'"payloads"']),
+    st.sampled_from([b"", b"{", b"\xff\xfe", b'{"payloads": [}', b"null", b'"payloads"', b"[" * 100_000]),
 )
 namespace = st.one_of(st.just(""), st.just("default"), st.text(max_size=8).filter(lambda s: s.isascii()))
 
