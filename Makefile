@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TS_CLIENT := clients/typescript
 TS_STAMP := $(if $(shell command -v npm 2>/dev/null),$(TS_CLIENT)/node_modules/.installed)
 
-.PHONY: install proto run test lint format clean
+.PHONY: install proto run test lint format clean bench
 
 install: $(STAMP) proto $(TS_STAMP)
 
@@ -33,6 +33,10 @@ run: install
 
 test: install
 	$(BIN)/pytest
+
+# A tool, not a test: BENCHMARKS.md records runs. BENCH_ARGS="--only gateway" runs one section.
+bench: install
+	$(BIN)/python -m tests.bench.run $(BENCH_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -31,9 +31,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from codec_grpc.config import Config, parse_namespace
 from codec_grpc.gateway_auth import AuthError, AuthUnavailableError, TokenVerifier
-from codec_grpc.gateway_body import BodyError, parse_request, payloads_json, stats_json
+from codec_grpc.gateway_body import BodyError, stats_json
+from codec_grpc.gateway_wire import request_bytes, response_json
 from codec_grpc.metrics import GatewayMetrics
 from codec_grpc.v1 import codec_pb2, codec_pb2_grpc
+from codec_grpc.wire import WireError
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,6 @@ ALLOW_HEADERS = "content-type, x-namespace, authorization, authorization-extras"
 HEALTH_TIMEOUT_SECONDS = 5.0
 OFF_LOOP_BYTES = 256 * 1024
 
-M = TypeVar("M", codec_pb2.EncodeRequest, codec_pb2.DecodeRequest)
 T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -92,6 +93,12 @@ class Upstream:
         )
         self.codec = codec_pb2_grpc.CodecServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
+        # Encode and Decode exchange serialized bytes: the gateway writes and reads them itself.
+        service = codec_pb2.DESCRIPTOR.services_by_name["CodecService"].full_name
+        self.raw = {
+            action: self.channel.unary_unary(f"/{service}/{action.capitalize()}", None, None)
+            for action in ("encode", "decode")
+        }
 
     async def close(self) -> None:
         await self.channel.close(grace=None)
@@ -202,12 +209,6 @@ async def _off_loop(size: int, function: Callable[..., T], *args: Any) -> T:
     return function(*args)
 
 
-def _parsed(body: bytes, message: M, namespace: str) -> M:
-    parse_request(body, message)
-    message.namespace = namespace
-    return message
-
-
 class _Routes:
     def __init__(self, settings: GatewaySettings, upstream: Upstream, verifier: TokenVerifier | None) -> None:
         self._settings = settings
@@ -252,21 +253,19 @@ class _Routes:
         namespace = self._namespace(request, segments)
         await self._authorize(request, namespace)
         body = await self._read_body(request)
-        timeout = self._settings.upstream_timeout
         try:
-            if action == "encode":
-                encode = await _off_loop(len(body), _parsed, body, codec_pb2.EncodeRequest(), namespace)
-                call = self._upstream.codec.Encode(encode, timeout=timeout)
-            else:
-                decode = await _off_loop(len(body), _parsed, body, codec_pb2.DecodeRequest(), namespace)
-                call = self._upstream.codec.Decode(decode, timeout=timeout)
+            request_wire = await _off_loop(len(body), request_bytes, body, namespace)
         except BodyError as exc:
             raise HttpError(400, str(exc)) from None
         try:
-            response = await call
+            response: bytes = await self._upstream.raw[action](request_wire, timeout=self._settings.upstream_timeout)
         except grpc.aio.AioRpcError as exc:
             raise http_error_for(exc) from None
-        answer = await _off_loop(len(body), payloads_json, response.payloads)
+        try:
+            answer = await _off_loop(len(body), response_json, response)
+        except WireError as exc:
+            log.warning("malformed %s response from the gRPC service: %s", action, exc)
+            raise HttpError(*_FAILED) from None
         return web.Response(body=answer, content_type="application/json")
 
     def _namespace(self, request: web.Request, segments: list[str]) -> str:

@@ -1,6 +1,7 @@
 """JSON bodies of the HTTP gateway: proto3 JSON ``{"payloads": [...]}`` in and out.
 
-The mapping itself is ``google.protobuf.json_format``. Before it runs, every
+This is the reference path: the mapping itself is ``google.protobuf.json_format``
+(``gateway_wire`` has the fast path for common bodies). Before it runs, every
 bytes field is checked the way Go's protojson decodes it, because Python's
 json_format silently drops characters outside the base64 alphabet: a UI or
 script sending ``"encoding": "json/plain"`` would otherwise have garbage
@@ -25,7 +26,7 @@ _PAYLOAD_FIELDS = frozenset({"metadata", "data", "externalPayloads", "external_p
 
 
 _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-_SEXTET = {char: index for index, char in enumerate(_ALPHABET)}
+SEXTET = {char: index for index, char in enumerate(_ALPHABET)}
 
 
 class BodyError(ValueError):
@@ -38,6 +39,8 @@ def parse_request(body: bytes, message: M) -> M:
         document = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BodyError(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BodyError("body is not a payloads document: nested too deeply") from None
     if not isinstance(document, dict):
         raise BodyError('body must be a JSON object like {"payloads": [...]}')
     unknown = sorted(set(document) - {"payloads"})
@@ -98,7 +101,7 @@ def check_base64(path: str, value: Any) -> None:
     except (binascii.Error, ValueError):
         raise BodyError(f"{path}: not valid base64") from None
     padding = len(text) - len(text.rstrip("="))
-    if padding and _SEXTET[text[-padding - 1]] & (0b1111 if padding == 2 else 0b11):
+    if padding and SEXTET[text[-padding - 1]] & (0b1111 if padding == 2 else 0b11):
         raise BodyError(f"{path}: not valid base64 (non-zero bits after the last byte: is it base64-encoded?)")
 
 

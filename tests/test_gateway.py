@@ -145,6 +145,7 @@ BAD_BODIES = [
     ('{"payloads": [{"metadata": "eA=="}]}', "payloads[0].metadata: must be an object"),
     ('{"payloads": [{"dta": "eA=="}]}', "payloads[0]: unknown field 'dta'"),
     ('{"payloads": [{"externalPayloads": [{"sizeBytes": "lots"}]}]}', "invalid payloads"),
+    ('{"payloads": ' + "[" * 100_000, "nested too deeply"),  # json.loads' RecursionError, not a 500
 ]
 
 

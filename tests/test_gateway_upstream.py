@@ -65,3 +65,23 @@ def test_failing_upstream_is_502_without_details(start_gateway, misbehaving) -> 
     assert reply.error == "the codec service failed; its log has the details"
     assert b"0123456789abcdef" not in reply.body and b"Traceback" not in reply.body
     assert_cors(reply)
+
+
+def test_malformed_answer_from_upstream_is_502(start_gateway) -> None:
+    # A field that runs past the end of the response: no valid CodecService answer looks like this.
+    handler = grpc.method_handlers_generic_handler(
+        "codec_grpc.v1.CodecService",
+        {"Decode": grpc.unary_unary_rpc_method_handler(lambda request, context: b"\x0a\x05ab")},
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        gateway = start_gateway(target=f"127.0.0.1:{port}")
+        reply = gateway.post("/decode", {"payloads": [plain_payload("1")]}, Origin=UI_ORIGIN)
+    finally:
+        server.stop(grace=None).wait()
+    assert reply.status == 502
+    assert reply.error == "the codec service failed; its log has the details"
+    assert_cors(reply)

@@ -1,4 +1,5 @@
-"""`make bench`: the codec server's cost against a bare echo server on the same transport.
+"""`make bench`: the codec server's cost against a bare echo server on the same transport,
+and the HTTP gateway's against a minimal sample codec server (tests/bench/gateway_bench.py).
 
 Starts moto's KMS server, the codec server (server.py) and the echo server
 (tests/bench/echo_server.py) as processes on 127.0.0.1, then drives each with the
@@ -6,6 +7,7 @@ same serialized requests from a separate load process (tests/bench/load.py).
 Server CPU comes from the OS accounting of every process of the server
 (/proc/PID/stat, children included), so the load generator and other noise drop
 out. The ratio echo ÷ ours is 1.0 when encrypting costs nothing beyond echoing.
+``--only grpc`` or ``--only gateway`` runs one section.
 """
 
 from __future__ import annotations
@@ -152,6 +154,109 @@ def _kms_calls(stats: Any) -> int:
     return int(answer.kms_generate_data_key_calls + answer.kms_decrypt_calls)
 
 
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+@dataclass
+class Codec:
+    """The codec server process (gRPC only) and what the sections need to reach it."""
+
+    pid: int
+    port: int
+    env: dict[str, str]
+    stub: Any
+
+
+def start_codec(stack: ExitStack, workdir: Path, workers: int) -> Codec:
+    """moto's KMS server with a master key, then server.py (gateway off) against it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    kms_port, port = free_port(), free_port()
+    moto = [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(kms_port)]
+    stack.enter_context(process(moto, env, kms_port, workdir / "moto.log"))
+    kms_url = f"http://127.0.0.1:{kms_port}"
+    admin: Any = boto3.session.Session().client(
+        "kms", endpoint_url=kms_url, region_name="us-east-1", aws_access_key_id="bench", aws_secret_access_key="bench"
+    )
+    key = admin.create_key()["KeyMetadata"]
+    admin.create_alias(AliasName="alias/bench", TargetKeyId=key["KeyId"])
+    codec_env = {
+        **env,
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL_KMS": kms_url,
+        "KMS_KEY_ALIAS": "alias/bench",
+        "GRPC_HOST": "127.0.0.1",
+        "GRPC_PORT": str(port),
+        "GATEWAY_ENABLED": "false",
+        "METRICS_ENABLED": "false",
+        "LOG_LEVEL": "warning",
+        "WORKERS": str(workers),
+    }
+    server = stack.enter_context(process([sys.executable, "server.py"], codec_env, port, workdir / "ours.log"))
+    channel = stack.enter_context(grpc.insecure_channel(f"127.0.0.1:{port}"))
+    return Codec(server.pid, port, codec_env, codec_pb2_grpc.CodecServiceStub(channel))
+
+
+def grpc_section(stack: ExitStack, workdir: Path, codec: Codec, args: argparse.Namespace) -> None:
+    """The codec server against the echo server, per payload."""
+    echo_port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    echo = stack.enter_context(
+        process(
+            [sys.executable, "-m", "tests.bench.echo_server", "--port", str(echo_port)],
+            env,
+            echo_port,
+            workdir / "echo.log",
+        )
+    )
+    stub = codec.stub
+    body = (b'{"v":"' + os.urandom(args.payload_bytes).hex().encode())[: args.payload_bytes - 2] + b'"}'
+    payload = pb.Payload(metadata={"encoding": b"json/plain"}, data=body)
+    print(f"\ngRPC CodecService vs echo server (codec WORKERS={args.workers}), server CPU per payload")
+    header = (
+        f"{'rpc':6} {'batch':>5} | {'ours µs/pl':>10} {'echo µs/pl':>10} {'ratio':>6} {'target':>6} | "
+        f"{'payloads/s':>10} {'p50 ms':>7} {'p99 ms':>7} | {'KMS':>3} {'RSS MiB':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for method in ("Encode", "Decode"):
+        for batch in args.batch_list:
+            encode_request = pb.EncodeRequest(payloads=[payload] * batch)
+            if method == "Encode":
+                request = encode_request.SerializeToString()
+            else:
+                encoded = stub.Encode(encode_request).payloads
+                request = pb.DecodeRequest(payloads=encoded).SerializeToString()
+            calls = max(40, int(CALLS.get(batch, 400) * args.scale))
+            ours_target, echo_target = f"127.0.0.1:{codec.port}", f"127.0.0.1:{echo_port}"
+            # Interleaved rounds; each server's cheapest round counts (interference only adds CPU).
+            rounds = [
+                (
+                    measure(ours_target, codec.pid, method, request, batch, calls, workdir, stub),
+                    measure(echo_target, echo.pid, method, request, batch, calls, workdir, None),
+                )
+                for _ in range(args.rounds)
+            ]
+            mine = min((r[0] for r in rounds), key=lambda r: r.cpu_per_payload)
+            base = min((r[1] for r in rounds), key=lambda r: r.cpu_per_payload)
+            mine.kms_calls = sum(r[0].kms_calls for r in rounds)
+            ratio = base.cpu_per_payload / mine.cpu_per_payload
+            target = TARGETS.get((method, batch))
+            verdict = "" if target is None else ("ok" if ratio >= target else "MISS")
+            print(
+                f"{method:6} {batch:>5} | {mine.cpu_per_payload * 1e6:>10.1f} {base.cpu_per_payload * 1e6:>10.1f} "
+                f"{ratio:>6.2f} {('≥' + str(target)) if target else '':>6} | {mine.throughput:>10.0f} "
+                f"{mine.p50 * 1e3:>7.2f} {mine.p99 * 1e3:>7.2f} | {mine.kms_calls:>3} {mine.rss:>7.1f} {verdict}",
+                flush=True,
+            )
+    print(f"echo server RSS {rss_mib(echo.pid):.1f} MiB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the number of calls")
@@ -159,97 +264,22 @@ def main() -> None:
     parser.add_argument("--batches", default="1,10,100")
     parser.add_argument("--workers", type=int, default=1, help="WORKERS for the codec server")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved measurements per server and case")
+    parser.add_argument("--only", choices=("grpc", "gateway"), help="run one section only")
     args = parser.parse_args()
-    batches = [int(b) for b in args.batches.split(",")]
+    args.batch_list = [int(b) for b in args.batches.split(",")]
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="codec-bench-")))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-        kms_port, ours_port, echo_port = free_port(), free_port(), free_port()
-        stack.enter_context(
-            process(
-                [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(kms_port)],
-                env,
-                kms_port,
-                workdir / "moto.log",
-            )
-        )
-        kms_url = f"http://127.0.0.1:{kms_port}"
-        admin: Any = boto3.session.Session().client(
-            "kms",
-            endpoint_url=kms_url,
-            region_name="us-east-1",
-            aws_access_key_id="bench",
-            aws_secret_access_key="bench",
-        )
-        key = admin.create_key()["KeyMetadata"]
-        admin.create_alias(AliasName="alias/bench", TargetKeyId=key["KeyId"])
-        ours_env = {
-            **env,
-            "AWS_ACCESS_KEY_ID": "bench",
-            "AWS_SECRET_ACCESS_KEY": "bench",
-            "AWS_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL_KMS": kms_url,
-            "KMS_KEY_ALIAS": "alias/bench",
-            "GRPC_HOST": "127.0.0.1",
-            "GRPC_PORT": str(ours_port),
-            "GATEWAY_ENABLED": "false",
-            "METRICS_ENABLED": "false",
-            "LOG_LEVEL": "warning",
-            "WORKERS": str(args.workers),
-        }
-        ours = stack.enter_context(process([sys.executable, "server.py"], ours_env, ours_port, workdir / "ours.log"))
-        echo = stack.enter_context(
-            process(
-                [sys.executable, "-m", "tests.bench.echo_server", "--port", str(echo_port)],
-                env,
-                echo_port,
-                workdir / "echo.log",
-            )
-        )
-        channel = stack.enter_context(grpc.insecure_channel(f"127.0.0.1:{ours_port}"))
-        stub = codec_pb2_grpc.CodecServiceStub(channel)
-        body = (b'{"v":"' + os.urandom(args.payload_bytes).hex().encode())[: args.payload_bytes - 2] + b'"}'
-        payload = pb.Payload(metadata={"encoding": b"json/plain"}, data=body)
+        codec = start_codec(stack, workdir, args.workers)
         print(
-            f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"grpcio {grpc.__version__}; payloads of {args.payload_bytes} bytes; codec WORKERS={args.workers}"
+            f"machine: {cpu_model()}, {os.cpu_count()} cores, {platform.machine()}, "
+            f"Python {platform.python_version()}, grpcio {grpc.__version__}; payloads of {args.payload_bytes} bytes"
         )
-        header = (
-            f"{'rpc':6} {'batch':>5} | {'ours µs/pl':>10} {'echo µs/pl':>10} {'ratio':>6} {'target':>6} | "
-            f"{'payloads/s':>10} {'p50 ms':>7} {'p99 ms':>7} | {'KMS':>3} {'RSS MiB':>7}"
-        )
-        print(header)
-        print("-" * len(header))
-        for method in ("Encode", "Decode"):
-            for batch in batches:
-                encode_request = pb.EncodeRequest(payloads=[payload] * batch)
-                if method == "Encode":
-                    request = encode_request.SerializeToString()
-                else:
-                    encoded = stub.Encode(encode_request).payloads
-                    request = pb.DecodeRequest(payloads=encoded).SerializeToString()
-                calls = max(40, int(CALLS.get(batch, 400) * args.scale))
-                # Interleaved rounds; each server's cheapest round counts (interference only adds CPU).
-                rounds = [
-                    (
-                        measure(f"127.0.0.1:{ours_port}", ours.pid, method, request, batch, calls, workdir, stub),
-                        measure(f"127.0.0.1:{echo_port}", echo.pid, method, request, batch, calls, workdir, None),
-                    )
-                    for _ in range(args.rounds)
-                ]
-                mine = min((r[0] for r in rounds), key=lambda r: r.cpu_per_payload)
-                base = min((r[1] for r in rounds), key=lambda r: r.cpu_per_payload)
-                mine.kms_calls = sum(r[0].kms_calls for r in rounds)
-                ratio = base.cpu_per_payload / mine.cpu_per_payload
-                target = TARGETS.get((method, batch))
-                verdict = "" if target is None else ("ok" if ratio >= target else "MISS")
-                print(
-                    f"{method:6} {batch:>5} | {mine.cpu_per_payload * 1e6:>10.1f} {base.cpu_per_payload * 1e6:>10.1f} "
-                    f"{ratio:>6.2f} {('≥' + str(target)) if target else '':>6} | {mine.throughput:>10.0f} "
-                    f"{mine.p50 * 1e3:>7.2f} {mine.p99 * 1e3:>7.2f} | {mine.kms_calls:>3} {mine.rss:>7.1f} {verdict}",
-                    flush=True,
-                )
-        print(f"echo server RSS {rss_mib(echo.pid):.1f} MiB")
+        if args.only in (None, "grpc"):
+            grpc_section(stack, workdir, codec, args)
+        if args.only in (None, "gateway"):
+            from tests.bench.gateway_bench import gateway_section  # it imports this module's helpers
+
+            gateway_section(stack, workdir, codec, args)
 
 
 if __name__ == "__main__":
