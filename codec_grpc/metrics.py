@@ -17,6 +17,7 @@ one registry (:func:`new_registry`), tests build fresh ones. What is counted:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
@@ -98,17 +99,29 @@ class GrpcMetrics:
             registry=registry,
         )
 
+        # Labelled children by label values: `.labels()` costs about 1.5 µs a call, a dict lookup
+        # 0.1 µs, and this runs several times per gRPC call. Label values are bounded: registered
+        # methods, status codes.
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (metric._name, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def call_started(self, service: str, method: str) -> None:
-        self.started.labels(service, method, "unary").inc()
+        self._child(self.started, service, method, "unary").inc()
 
     def call_finished(self, service: str, method: str, code: str, seconds: float) -> None:
-        self.handled.labels(service, method, "unary", code).inc()
-        self.latency.labels(service, method, "unary").observe(seconds)
+        self._child(self.handled, service, method, "unary", code).inc()
+        self._child(self.latency, service, method, "unary").observe(seconds)
 
     def payloads_processed(self, method: str, count: int, received: int, sent: int) -> None:
-        self.payloads.labels(method).inc(count)
-        self.payload_bytes.labels(method, "received").inc(received)
-        self.payload_bytes.labels(method, "sent").inc(sent)
+        self._child(self.payloads, method).inc(count)
+        self._child(self.payload_bytes, method, "received").inc(received)
+        self._child(self.payload_bytes, method, "sent").inc(sent)
 
 
 class KmsMetrics:
