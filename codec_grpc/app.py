@@ -65,7 +65,7 @@ class CodecApp:
 
 def build_app(config: Config, client: Any) -> CodecApp:
     """Wire the layers together around an injected boto3 KMS client; the server is not started."""
-    provider = KmsKeyProvider(client)
+    provider = KmsKeyProvider(client, fail_fast=config.kms_fail_fast_seconds)
     keys = KeyManager(provider, key_policy(config))
     codec = EnvelopeCodec(keys, bind_namespace=config.namespace_binding)
     limits = ServiceLimits(default_namespace=config.default_namespace, max_payloads=config.max_payloads_per_request)

@@ -4,6 +4,15 @@ The boto3 KMS client is created once by the caller (``server.py``) and injected;
 its retries and timeouts are botocore's, configured there. Every botocore error
 is translated here into the service's own errors (``codec_grpc.errors``), whose
 messages name only the key id. KMS answers are checked before use.
+
+Fail fast: a Decrypt against an unreachable KMS costs up to KMS_MAX_ATTEMPTS ×
+(KMS_CONNECT_TIMEOUT or KMS_READ_TIMEOUT), 15 s with the defaults when KMS hangs:
+too long for a person waiting in the Temporal UI, and every such call holds a
+server thread. So once a call found KMS unavailable, Decrypt calls fail at once,
+without a request, for ``fail_fast`` seconds; the first one after that tries KMS
+again, and any successful call ends the pause early (the background data-key
+renewal keeps probing). GenerateDataKey is never short-circuited: the outage grace
+and the renewal's own backoff govern it.
 """
 
 from __future__ import annotations
@@ -11,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +91,7 @@ class KmsCallStats:
 
     calls: Mapping[tuple[str, str], int]
     seconds: Mapping[str, float]
+    short_circuited: int = 0  # Decrypt calls refused without a request (fail fast)
 
     def count(self, operation: str, outcome: str | None = None) -> int:
         return sum(n for (op, out), n in self.calls.items() if op == operation and outcome in (None, out))
@@ -94,8 +104,15 @@ class KmsCallStats:
 class KmsKeyProvider:
     """Generates and unwraps data keys through an injected boto3 KMS client. Thread-safe."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, fail_fast: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
+        if fail_fast < 0:
+            raise ValueError(f"fail_fast must be 0 or more, got {fail_fast}")
         self._client = client
+        self._fail_fast = fail_fast
+        self._clock = clock
+        self._unavailable_until = 0.0
+        self._last_unavailable = ""
+        self._short_circuited = 0
         self._lock = threading.Lock()
         self._calls: Counter[tuple[str, str]] = Counter()
         self._seconds: dict[str, float] = defaultdict(float)
@@ -134,12 +151,41 @@ class KmsKeyProvider:
 
     def stats(self) -> KmsCallStats:
         with self._lock:
-            return KmsCallStats(calls=dict(self._calls), seconds=dict(self._seconds))
+            return KmsCallStats(
+                calls=dict(self._calls), seconds=dict(self._seconds), short_circuited=self._short_circuited
+            )
+
+    def _short_circuit(self, operation: str, key_id: str) -> None:
+        """Refuse a Decrypt at once while KMS was found unavailable less than ``fail_fast`` seconds ago."""
+        if operation != "Decrypt":
+            return
+        with self._lock:
+            left = self._unavailable_until - self._clock()
+            if left <= 0:
+                return
+            self._short_circuited += 1
+            last = self._last_unavailable
+        raise errors.KmsUnavailableError(
+            f"KMS {operation} with key {key_id}: not tried, KMS was unavailable moments ago ({last}); "
+            f"the next attempt is in {left:.1f}s at most (KMS_FAIL_FAST_SECONDS); retry later"
+        )
+
+    def _record(self, operation: str, outcome: str, error: errors.KeyProviderError | None, seconds: float) -> None:
+        with self._lock:
+            self._calls[(operation, outcome)] += 1
+            self._seconds[operation] += seconds
+            if isinstance(error, errors.KmsUnavailableError):
+                self._unavailable_until = self._clock() + self._fail_fast
+                self._last_unavailable = str(error).rpartition(": ")[2].removesuffix("; retry later")
+            elif outcome == "success":
+                self._unavailable_until = 0.0
 
     def _call(self, operation: str, key_id: str, **params: Any) -> dict[str, Any]:
+        self._short_circuit(operation, key_id)
         method = getattr(self._client, "generate_data_key" if operation == "GenerateDataKey" else "decrypt")
         started = time.monotonic()
         outcome = "error"
+        translated: errors.KeyProviderError | None = None
         try:
             result: dict[str, Any] = method(**params)
             outcome = "success"
@@ -149,9 +195,7 @@ class KmsKeyProvider:
             outcome = _outcome(translated)
             raise translated from exc
         finally:
-            with self._lock:
-                self._calls[(operation, outcome)] += 1
-                self._seconds[operation] += time.monotonic() - started
+            self._record(operation, outcome, translated, time.monotonic() - started)
 
 
 def _translate(  # noqa: PLR0911 - one return per kind of KMS failure
