@@ -62,6 +62,9 @@ _ACCESS_CODES = frozenset(
 _STATE_CODES = frozenset({"DisabledException", "KMSInvalidStateException", "InvalidKeyUsageException"})
 _NOT_FOUND_CODES = frozenset({"NotFoundException"})
 _CIPHERTEXT_CODES = frozenset({"InvalidCiphertextException", "IncorrectKeyException"})
+# On Decrypt the key id and the encrypted data key come from the payload: when KMS finds no such key,
+# or finds them malformed (AWS checks lengths and ARN syntax), the payload is at fault, not the server.
+_PAYLOAD_FAULT_CODES = frozenset({"NotFoundException", "ValidationException", "InvalidArnException"})
 _NETWORK_ERRORS = (
     botocore.exceptions.EndpointConnectionError,
     botocore.exceptions.ConnectTimeoutError,
@@ -202,8 +205,15 @@ def _translate(  # noqa: PLR0911 - one return per kind of KMS failure
     exc: botocore.exceptions.BotoCoreError | botocore.exceptions.ClientError, operation: str, key_id: str
 ) -> errors.KeyProviderError:
     where = f"KMS {operation} with key {key_id}"
+    if isinstance(exc, botocore.exceptions.ParamValidationError):
+        code = type(exc).__name__  # its report may quote the parameters: not shown
+        if operation == "Decrypt":
+            return _payload_fault(where, code)
+        return errors.KmsResponseError(f"{where}: the request was refused before sending ({code})")
     if isinstance(exc, botocore.exceptions.ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
+        if operation == "Decrypt" and code in _PAYLOAD_FAULT_CODES:
+            return _payload_fault(where, code)
         if code in _UNAVAILABLE_CODES:
             return errors.KmsUnavailableError(f"{where}: KMS is unavailable or throttling ({code}); retry later")
         if code in _ACCESS_CODES:
@@ -226,6 +236,13 @@ def _translate(  # noqa: PLR0911 - one return per kind of KMS failure
     if isinstance(exc, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError):
         return errors.KmsAccessDeniedError(f"{where}: no AWS credentials found")
     return errors.KmsUnavailableError(f"{where}: {type(exc).__name__}; retry later")
+
+
+def _payload_fault(where: str, code: str) -> errors.KeyProviderError:
+    return errors.KmsInvalidCiphertextError(
+        f"{where}: KMS cannot use the key id or encrypted data key of the payload ({code}); "
+        "they were altered, or the key was deleted"
+    )
 
 
 def _outcome(error: errors.KeyProviderError) -> str:

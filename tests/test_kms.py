@@ -68,7 +68,8 @@ def test_unreachable_kms_is_unavailable() -> None:
         ("AccessDeniedException", errors.KmsAccessDeniedError),
         ("DisabledException", errors.KmsKeyStateError),
         ("KMSInvalidStateException", errors.KmsKeyStateError),
-        ("NotFoundException", errors.KmsNotFoundError),
+        ("NotFoundException", errors.KmsInvalidCiphertextError),  # Decrypt: the payload's key id
+        ("ValidationException", errors.KmsInvalidCiphertextError),
         ("InvalidCiphertextException", errors.KmsInvalidCiphertextError),
         ("IncorrectKeyException", errors.KmsInvalidCiphertextError),
         ("SomethingNewException", errors.KmsResponseError),
@@ -182,3 +183,16 @@ def test_fail_fast_off_and_invalid() -> None:
         stub.assert_no_pending_responses()
     with pytest.raises(ValueError, match="fail_fast must be 0 or more, got -1"):
         KmsKeyProvider(client, fail_fast=-1)
+
+
+def test_malformed_decrypt_parameters_are_the_payloads_fault() -> None:
+    """botocore refuses before sending (here: an empty key id); no KMS outage is assumed."""
+    provider = KmsKeyProvider(boto_kms(), fail_fast=60.0)
+    with pytest.raises(errors.KmsInvalidCiphertextError, match=r"\(ParamValidationError\); they were altered"):
+        provider.decrypt_data_key(b"blob", "", None)
+    with pytest.raises(errors.KmsResponseError, match="refused before sending"):
+        provider.generate_data_key("", None)
+    with Stubber(provider._client) as stub:
+        stub.add_response("decrypt", {"Plaintext": b"k" * 32, "KeyId": "arn:k"})
+        assert provider.decrypt_data_key(b"blob", "arn:k", None) == b"k" * 32  # not paused
+    assert provider.stats().short_circuited == 0
