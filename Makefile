@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TS_CLIENT := clients/typescript
 TS_STAMP := $(if $(shell command -v npm 2>/dev/null),$(TS_CLIENT)/node_modules/.installed)
 
-.PHONY: install proto run test lint format clean
+.PHONY: install proto run test lint format clean fuzz soak
 
 install: $(STAMP) proto $(TS_STAMP)
 
@@ -33,6 +33,17 @@ run: install
 
 test: install
 	$(BIN)/pytest
+
+# The property and fuzz tests with many more examples than `make test` gives them; ends by itself.
+FUZZ_EXAMPLES ?= 3000
+fuzz: install
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -m fuzz --timeout 3600
+
+# A bounded mixed load against server.py and its gateway (tests/bench/soak.py); non-zero exit on any
+# error, mismatch or memory growth. SOAK_SECONDS sets the duration.
+SOAK_SECONDS ?= 120
+soak: install
+	$(BIN)/python -m tests.bench.soak --seconds $(SOAK_SECONDS)
 
 lint: install
 	$(BIN)/ruff check .
