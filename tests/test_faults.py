@@ -172,3 +172,43 @@ def test_throttling_and_kms_5xx_are_503_over_http_then_recover(
     assert gateway.request("GET", "/health").status == 200
     kms_proxy.set()
     assert gateway.decode([payload]) == [{"data": b64("elsewhere 0")}]
+
+
+@pytest.mark.parametrize(
+    ("mode", "code", "status"),
+    [
+        ("deny", grpc.StatusCode.PERMISSION_DENIED, 403),
+        ("disabled", grpc.StatusCode.FAILED_PRECONDITION, 503),
+        ("pending_deletion", grpc.StatusCode.FAILED_PRECONDITION, 503),
+    ],
+)
+def test_access_denied_or_unusable_key_is_no_outage(
+    start_gateway: Callable[..., Gateway],
+    codec_server: Start,
+    kms_proxy: KmsProxy,
+    mode: str,
+    code: grpc.StatusCode,
+    status: int,
+):
+    """No grace and no fail-fast pause: KMS answers, and its answer is final. The current key serves
+    to its normal rotation, cached payloads decode; uncached ones and the next key are refused."""
+    gateway = start_gateway(AWS_ENDPOINT_URL_KMS=kms_proxy.url, DATA_KEY_ROTATION_INTERVAL=1, KMS_OUTAGE_GRACE=60)
+    (uncached,) = as_json(written_elsewhere(codec_server, gateway.alias, 1))
+    before = gateway.encode([plain_payload('"before"')])
+    kms_proxy.set(mode=mode)
+    assert gateway.decode(before) == [plain_payload('"before"')]
+    reply = gateway.post("/decode", {"payloads": [uncached]}, X_Namespace="default")
+    assert reply.status == status and "KMS Decrypt with key arn:" in reply.error
+    with pytest.raises(grpc.RpcError) as caught:
+        gateway.codec.stub.Decode(pb.DecodeRequest(payloads=[json_format.ParseDict(uncached, pb.Payload())]))
+    assert caught.value.code() == code
+    stats = gateway.codec.stub.Stats
+    eventually(lambda: stats(pb.StatsRequest()).current_key_expired)
+    reply = gateway.post("/encode", {"payloads": [plain_payload('"after rotation"')]}, X_Namespace="default")
+    assert reply.status == status and "KMS GenerateDataKey with key alias/" in reply.error
+    assert stats(pb.StatsRequest()).kms_degraded
+    assert gateway.request("GET", "/health").status == 200
+    assert gateway.codec.app.provider.stats().short_circuited == 0
+    kms_proxy.set()
+    assert gateway.decode([uncached]) == [{"data": b64("elsewhere 0")}]
+    assert gateway.decode(gateway.encode([plain_payload('"later"')])) == [plain_payload('"later"')]
