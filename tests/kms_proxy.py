@@ -19,7 +19,6 @@ from urllib.parse import urlsplit
 
 import pytest
 
-
 # KMS's answers for the error modes: (HTTP status, error code).
 ERRORS = {
     "throttle": (400, "ThrottlingException"),
