@@ -37,7 +37,7 @@ test: install
 # The property and fuzz tests with many more examples than `make test` gives them; ends by itself.
 FUZZ_EXAMPLES ?= 3000
 fuzz: install
-	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -m fuzz --timeout 3600
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -m fuzz --timeout 3600 --hypothesis-show-statistics
 
 # A bounded mixed load against server.py and its gateway (tests/bench/soak.py); non-zero exit on any
 # error, mismatch or memory growth. SOAK_SECONDS sets the duration.
