@@ -106,11 +106,11 @@ def test_uncached_decodes_fail_fast_after_kms_was_found_unavailable(
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert kms_proxy.seen("Decrypt") - asked == 3  # KMS_MAX_ATTEMPTS
     if fault == "hang":
-        assert 0.9 <= took < 0.9 + 1.0  # three read timeouts, and small backoffs
+        assert 0.9 <= took < 3.0  # three read timeouts of 0.3 s, and small backoffs
         assert "ReadTimeoutError" in (error.details() or "")
     error, took = decode(second)
     assert error.code() == grpc.StatusCode.UNAVAILABLE
-    assert took < 0.2
+    assert took < 0.5  # no timeouts waited out: the proxy saw no request (below)
     assert "not tried, KMS was unavailable moments ago" in (error.details() or "")
     assert kms_proxy.seen("Decrypt") - asked == 3
     kms_proxy.set()
