@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             "GATEWAY_HOST": "127.0.0.1",
             "PORT": str(http_port),
             "LOG_LEVEL": "warning",
+            "METRICS_ENABLED": "false",  # the ops branch's metrics port: none needed, none to collide
         }
         log = workdir / "server.log"
         server = stack.enter_context(process([sys.executable, "server.py"], server_env, grpc_port, log))
