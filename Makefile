@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TS_CLIENT := clients/typescript
 TS_STAMP := $(if $(shell command -v npm 2>/dev/null),$(TS_CLIENT)/node_modules/.installed)
 
-.PHONY: install proto run test lint format clean bench
+.PHONY: install proto run test lint format clean bench fuzz soak
 
 install: $(STAMP) proto $(TS_STAMP)
 
@@ -37,6 +37,17 @@ test: install
 # A tool, not a test: BENCHMARKS.md records runs. BENCH_ARGS="--only gateway" runs one section.
 bench: install
 	$(BIN)/python -m tests.bench.run $(BENCH_ARGS)
+
+# The property and fuzz tests with many more examples than `make test` gives them; ends by itself.
+FUZZ_EXAMPLES ?= 3000
+fuzz: install
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -m fuzz --timeout 3600 --hypothesis-show-statistics
+
+# A bounded mixed load against server.py and its gateway (tests/bench/soak.py); non-zero exit on any
+# error, mismatch or memory growth. SOAK_SECONDS sets the duration.
+SOAK_SECONDS ?= 120
+soak: install
+	$(BIN)/python -m tests.bench.soak --seconds $(SOAK_SECONDS)
 
 lint: install
 	$(BIN)/ruff check .

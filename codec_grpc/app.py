@@ -75,7 +75,7 @@ def build_app(config: Config, client: Any, registry: CollectorRegistry | None = 
     Metrics go to ``registry`` (a fresh one when None); serving them is the caller's choice.
     """
     registry = CollectorRegistry() if registry is None else registry
-    provider = KmsKeyProvider(client, observer=KmsMetrics(registry).observe)
+    provider = KmsKeyProvider(client, observer=KmsMetrics(registry).observe, fail_fast=config.kms_fail_fast_seconds)
     keys = KeyManager(provider, key_policy(config))
     KeyCacheCollector(keys.stats, registry)
     codec = EnvelopeCodec(keys, bind_namespace=config.namespace_binding)

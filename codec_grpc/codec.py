@@ -123,6 +123,12 @@ class EnvelopeCodec:
         key = seen.get(envelope)
         if key is None:
             key = seen[envelope] = self._envelope_key(index, metadata, namespace)
+        if len(metadata) != len(key.metadata):
+            # The envelope is exact: an entry added to it is an alteration too, though not authenticated.
+            extra = sorted(set(metadata) - set(key.metadata)) or ["?"]
+            raise errors.PayloadError(
+                index, f"unexpected metadata {extra[0][:40]!r} on an encrypted payload: it was altered"
+            )
         try:
             return key.decrypt(payload.data)
         except wireformat.AuthenticationFailed:

@@ -211,6 +211,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("KMS_MAX_ATTEMPTS", "3", parse_int(1, 20), "KMS attempts per call, first included (botocore retries)"),
     Setting("KMS_RETRY_MODE", "standard", parse_choice("standard", "adaptive", "legacy"), "botocore retry mode"),
     Setting(
+        "KMS_FAIL_FAST_SECONDS",
+        "5",
+        parse_seconds(0, 3600),
+        "after a KMS call found KMS unavailable, decodes needing an uncached key fail at once "
+        "(UNAVAILABLE / 503) for this long instead of waiting on KMS timeouts (0: off)",
+    ),
+    Setting(
         "DEV_KMS",
         "off",
         parse_choice("off", "auto", "on"),
@@ -324,6 +331,7 @@ class Config:
     kms_read_timeout: float
     kms_max_attempts: int
     kms_retry_mode: str
+    kms_fail_fast_seconds: float
     dev_kms: str
     log_level: str
     gateway_enabled: bool

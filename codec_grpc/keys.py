@@ -133,6 +133,9 @@ class KeyManager:
                 self._generating.do(slot, functools.partial(self._rotate, slot, reserved.generation))
             except errors.KmsUnavailableError as exc:
                 return self._outage_key(slot, count, exc)
+            except errors.KeyProviderError as exc:
+                self._failed(slot, exc)  # degraded in Stats too: KMS refuses, and no grace applies
+                raise
 
     def decryption_key(self, key_arn: str, encrypted_key: bytes, binding: str | None) -> DataKey:
         """The data key ``encrypted_key`` wraps, unwrapped through KMS at most once while cached."""

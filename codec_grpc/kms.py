@@ -4,6 +4,15 @@ The boto3 KMS client is created once by the caller (``server.py``) and injected;
 its retries and timeouts are botocore's, configured there. Every botocore error
 is translated here into the service's own errors (``codec_grpc.errors``), whose
 messages name only the key id. KMS answers are checked before use.
+
+Fail fast: a Decrypt against an unreachable KMS costs up to KMS_MAX_ATTEMPTS ×
+(KMS_CONNECT_TIMEOUT or KMS_READ_TIMEOUT), 15 s with the defaults when KMS hangs:
+too long for a person waiting in the Temporal UI, and every such call holds a
+server thread. So once a call found KMS unavailable, Decrypt calls fail at once,
+without a request, for ``fail_fast`` seconds; the first one after that tries KMS
+again, and any successful call ends the pause early (the background data-key
+renewal keeps probing). GenerateDataKey is never short-circuited: the outage grace
+and the renewal's own backoff govern it.
 """
 
 from __future__ import annotations
@@ -55,6 +64,9 @@ _ACCESS_CODES = frozenset(
 _STATE_CODES = frozenset({"DisabledException", "KMSInvalidStateException", "InvalidKeyUsageException"})
 _NOT_FOUND_CODES = frozenset({"NotFoundException"})
 _CIPHERTEXT_CODES = frozenset({"InvalidCiphertextException", "IncorrectKeyException"})
+# On Decrypt the key id and the encrypted data key come from the payload: when KMS finds no such key,
+# or finds them malformed (AWS checks lengths and ARN syntax), the payload is at fault, not the server.
+_PAYLOAD_FAULT_CODES = frozenset({"NotFoundException", "ValidationException", "InvalidArnException"})
 _NETWORK_ERRORS = (
     botocore.exceptions.EndpointConnectionError,
     botocore.exceptions.ConnectTimeoutError,
@@ -84,6 +96,7 @@ class KmsCallStats:
 
     calls: Mapping[tuple[str, str], int]
     seconds: Mapping[str, float]
+    short_circuited: int = 0  # Decrypt calls refused without a request (fail fast)
 
     def count(self, operation: str, outcome: str | None = None) -> int:
         return sum(n for (op, out), n in self.calls.items() if op == operation and outcome in (None, out))
@@ -96,9 +109,22 @@ class KmsCallStats:
 class KmsKeyProvider:
     """Generates and unwraps data keys through an injected boto3 KMS client. Thread-safe."""
 
-    def __init__(self, client: Any, observer: KmsObserver | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        observer: KmsObserver | None = None,
+        fail_fast: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if fail_fast < 0:
+            raise ValueError(f"fail_fast must be 0 or more, got {fail_fast}")
         self._client = client
         self._observer = observer
+        self._fail_fast = fail_fast
+        self._clock = clock
+        self._unavailable_until = 0.0
+        self._last_unavailable = ""
+        self._short_circuited = 0
         self._lock = threading.Lock()
         self._calls: Counter[tuple[str, str]] = Counter()
         self._seconds: dict[str, float] = defaultdict(float)
@@ -137,12 +163,43 @@ class KmsKeyProvider:
 
     def stats(self) -> KmsCallStats:
         with self._lock:
-            return KmsCallStats(calls=dict(self._calls), seconds=dict(self._seconds))
+            return KmsCallStats(
+                calls=dict(self._calls), seconds=dict(self._seconds), short_circuited=self._short_circuited
+            )
+
+    def _short_circuit(self, operation: str, key_id: str) -> None:
+        """Refuse a Decrypt at once while KMS was found unavailable less than ``fail_fast`` seconds ago."""
+        if operation != "Decrypt":
+            return
+        with self._lock:
+            left = self._unavailable_until - self._clock()
+            if left <= 0:
+                return
+            self._short_circuited += 1
+            last = self._last_unavailable
+        raise errors.KmsUnavailableError(
+            f"KMS {operation} with key {key_id}: not tried, KMS was unavailable moments ago ({last}); "
+            f"the next attempt is in {left:.1f}s at most (KMS_FAIL_FAST_SECONDS); retry later"
+        )
+
+    def _record(self, operation: str, outcome: str, error: errors.KeyProviderError | None, seconds: float) -> None:
+        with self._lock:
+            self._calls[(operation, outcome)] += 1
+            self._seconds[operation] += seconds
+            if isinstance(error, errors.KmsUnavailableError):
+                self._unavailable_until = self._clock() + self._fail_fast
+                self._last_unavailable = str(error).rpartition(": ")[2].removesuffix("; retry later")
+            elif outcome == "success":
+                self._unavailable_until = 0.0
+        if self._observer is not None:
+            self._observer(operation, outcome, seconds)
 
     def _call(self, operation: str, key_id: str, **params: Any) -> dict[str, Any]:
+        self._short_circuit(operation, key_id)
         method = getattr(self._client, "generate_data_key" if operation == "GenerateDataKey" else "decrypt")
         started = time.monotonic()
         outcome = "error"
+        translated: errors.KeyProviderError | None = None
         try:
             result: dict[str, Any] = method(**params)
             outcome = "success"
@@ -152,20 +209,22 @@ class KmsKeyProvider:
             outcome = _outcome(translated)
             raise translated from exc
         finally:
-            seconds = time.monotonic() - started
-            with self._lock:
-                self._calls[(operation, outcome)] += 1
-                self._seconds[operation] += seconds
-            if self._observer is not None:
-                self._observer(operation, outcome, seconds)
+            self._record(operation, outcome, translated, time.monotonic() - started)
 
 
 def _translate(  # noqa: PLR0911 - one return per kind of KMS failure
     exc: botocore.exceptions.BotoCoreError | botocore.exceptions.ClientError, operation: str, key_id: str
 ) -> errors.KeyProviderError:
     where = f"KMS {operation} with key {key_id}"
+    if isinstance(exc, botocore.exceptions.ParamValidationError):
+        code = type(exc).__name__  # its report may quote the parameters: not shown
+        if operation == "Decrypt":
+            return _payload_fault(where, code)
+        return errors.KmsResponseError(f"{where}: the request was refused before sending ({code})")
     if isinstance(exc, botocore.exceptions.ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
+        if operation == "Decrypt" and code in _PAYLOAD_FAULT_CODES:
+            return _payload_fault(where, code)
         if code in _UNAVAILABLE_CODES:
             return errors.KmsUnavailableError(f"{where}: KMS is unavailable or throttling ({code}); retry later")
         if code in _ACCESS_CODES:
@@ -188,6 +247,13 @@ def _translate(  # noqa: PLR0911 - one return per kind of KMS failure
     if isinstance(exc, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError):
         return errors.KmsAccessDeniedError(f"{where}: no AWS credentials found")
     return errors.KmsUnavailableError(f"{where}: {type(exc).__name__}; retry later")
+
+
+def _payload_fault(where: str, code: str) -> errors.KeyProviderError:
+    return errors.KmsInvalidCiphertextError(
+        f"{where}: KMS cannot use the key id or encrypted data key of the payload ({code}); "
+        "they were altered, or the key was deleted"
+    )
 
 
 def _outcome(error: errors.KeyProviderError) -> str:

@@ -19,13 +19,22 @@ from urllib.parse import urlsplit
 
 import pytest
 
+# KMS's answers for the error modes: (HTTP status, error code).
+ERRORS = {
+    "throttle": (400, "ThrottlingException"),
+    "error500": (500, "KMSInternalException"),
+    "deny": (400, "AccessDeniedException"),
+    "disabled": (400, "DisabledException"),
+    "pending_deletion": (400, "KMSInvalidStateException"),
+}
+
 
 @dataclass
 class Faults:
     """What the proxy does to the requests of the named operations (empty: all of them)."""
 
     delay: float = 0.0
-    mode: str = "pass"  # pass | drop | throttle | error500
+    mode: str = "pass"  # pass | drop | one of ERRORS
     operations: frozenset[str] = frozenset()
     seen: Counter[str] = field(default_factory=Counter)
 
@@ -56,7 +65,7 @@ class KmsProxy:
                         self.close_connection = True
                         self.connection.close()
                         return
-                    if faults.mode in ("throttle", "error500"):
+                    if faults.mode in ERRORS:
                         self._error(faults.mode)
                         return
                 self._forward(body)
@@ -79,7 +88,7 @@ class KmsProxy:
                 self.wfile.write(payload)
 
             def _error(self, mode: str) -> None:
-                status, kind = (400, "ThrottlingException") if mode == "throttle" else (500, "KMSInternalException")
+                status, kind = ERRORS[mode]
                 payload = json.dumps({"__type": kind, "message": "injected by the test proxy"}).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/x-amz-json-1.1")

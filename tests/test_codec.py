@@ -180,3 +180,13 @@ def test_decrypted_garbage_that_is_not_a_payload_is_refused(keys: StaticKeys) ->
     data = key.encrypt(b"\xff\xff\xff", bytes(12))
     with pytest.raises(errors.PayloadError, match="^payload 0: decrypted data is not a serialized Payload"):
         EnvelopeCodec(keys).decode([Payload(metadata=key.metadata, data=data)], "ns")
+
+
+def test_an_entry_added_to_the_envelope_is_refused(codec: EnvelopeCodec) -> None:
+    encoded = codec.encode(_payloads(2), "ns")
+    encoded[1].metadata["note"] = b"added later"
+    with pytest.raises(errors.PayloadError) as caught:
+        codec.decode(encoded, "ns")
+    assert str(caught.value) == "payload 1: unexpected metadata 'note' on an encrypted payload: it was altered"
+    with pytest.raises(errors.PayloadError, match="payload 1: unexpected metadata 'note'"):
+        codec.decode_serialized([p.SerializeToString() for p in encoded], "ns")

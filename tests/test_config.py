@@ -25,6 +25,7 @@ def test_defaults() -> None:
     assert config.namespace_binding is True
     assert dict(config.namespace_key_aliases) == {}
     assert config.dev_kms == "off"
+    assert config.kms_fail_fast_seconds == 5
 
 
 def test_environment_and_flags_flag_wins() -> None:
@@ -62,6 +63,7 @@ def test_config_is_frozen() -> None:
         ({"DEFAULT_NAMESPACE": "bad namespace"}, "DEFAULT_NAMESPACE: must be a Temporal namespace name"),
         ({"KMS_KEY_ALIAS": " "}, "KMS_KEY_ALIAS: must be a KMS alias (alias/NAME), key id or ARN, got ' '"),
         ({"KMS_RETRY_MODE": "forever"}, "KMS_RETRY_MODE: must be one of standard, adaptive, legacy, got 'forever'"),
+        ({"KMS_FAIL_FAST_SECONDS": "-1"}, "KMS_FAIL_FAST_SECONDS: must be between 0 and 3600 seconds, got -1"),
         (
             {"DATA_KEY_MAX_ENCRYPTIONS": "10", "MAX_PAYLOADS_PER_REQUEST": "100"},
             "DATA_KEY_MAX_ENCRYPTIONS: must be at least MAX_PAYLOADS_PER_REQUEST (100), got 10",

@@ -68,7 +68,8 @@ def test_unreachable_kms_is_unavailable() -> None:
         ("AccessDeniedException", errors.KmsAccessDeniedError),
         ("DisabledException", errors.KmsKeyStateError),
         ("KMSInvalidStateException", errors.KmsKeyStateError),
-        ("NotFoundException", errors.KmsNotFoundError),
+        ("NotFoundException", errors.KmsInvalidCiphertextError),  # Decrypt: the payload's key id
+        ("ValidationException", errors.KmsInvalidCiphertextError),
         ("InvalidCiphertextException", errors.KmsInvalidCiphertextError),
         ("IncorrectKeyException", errors.KmsInvalidCiphertextError),
         ("SomethingNewException", errors.KmsResponseError),
@@ -106,3 +107,92 @@ def test_decrypt_answer_from_another_key_is_refused() -> None:
         stub.add_response("decrypt", {"Plaintext": b"k" * 32, "KeyId": "arn:other"})
         with pytest.raises(errors.KmsInvalidCiphertextError, match="with a key other than arn:mine"):
             KmsKeyProvider(client).decrypt_data_key(b"blob", "arn:mine", None)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_decrypt_fails_fast_for_a_while_after_kms_was_unavailable() -> None:
+    client, clock = boto_kms(), Clock()
+    provider = KmsKeyProvider(client, fail_fast=5.0, clock=clock)
+    arn = "arn:aws:kms:us-east-1:1:key/k"
+    with Stubber(client) as stub:  # Stubber fails any request it was not given an answer for
+        stub.add_client_error("decrypt", service_error_code="ThrottlingException")
+        with pytest.raises(errors.KmsUnavailableError, match="ThrottlingException"):
+            provider.decrypt_data_key(b"blob", arn, None)
+        clock.now += 4.9
+        with pytest.raises(errors.KmsUnavailableError) as caught:
+            provider.decrypt_data_key(b"blob", arn, None)
+        assert str(caught.value) == (
+            f"KMS Decrypt with key {arn}: not tried, KMS was unavailable moments ago "
+            "(KMS is unavailable or throttling (ThrottlingException)); "
+            "the next attempt is in 0.1s at most (KMS_FAIL_FAST_SECONDS); retry later"
+        )
+        stub.assert_no_pending_responses()
+        clock.now += 0.2  # the pause is over: KMS is asked again
+        stub.add_response("decrypt", {"Plaintext": b"k" * 32, "KeyId": arn})
+        assert provider.decrypt_data_key(b"blob", arn, None) == b"k" * 32
+    stats = provider.stats()
+    assert stats.short_circuited == 1 and stats.count("Decrypt") == 2
+
+
+def test_a_success_ends_the_fail_fast_pause_and_generate_is_never_short_circuited() -> None:
+    client, clock = boto_kms(), Clock()
+    provider = KmsKeyProvider(client, fail_fast=60.0, clock=clock)
+    arn = "arn:aws:kms:us-east-1:1:key/k"
+    generated = {"Plaintext": b"k" * 32, "CiphertextBlob": b"blob", "KeyId": arn}
+    with Stubber(client) as stub:
+        stub.add_client_error("decrypt", service_error_code="KMSInternalException", http_status_code=500)
+        stub.add_response("generate_data_key", generated)
+        stub.add_response("decrypt", {"Plaintext": b"k" * 32, "KeyId": arn})
+        with pytest.raises(errors.KmsUnavailableError):
+            provider.decrypt_data_key(b"blob", arn, None)
+        provider.generate_data_key("alias/x", None)  # asked although Decrypt is paused; and it succeeds
+        assert provider.decrypt_data_key(b"blob", arn, None) == b"k" * 32
+        stub.assert_no_pending_responses()
+
+
+@pytest.mark.parametrize("code", ["AccessDeniedException", "InvalidCiphertextException", "DisabledException"])
+def test_only_an_unavailable_kms_starts_the_fail_fast_pause(code: str) -> None:
+    client = boto_kms()
+    provider = KmsKeyProvider(client, fail_fast=60.0, clock=Clock())
+    arn = "arn:aws:kms:us-east-1:1:key/k"
+    with Stubber(client) as stub:
+        stub.add_client_error("decrypt", service_error_code=code)
+        stub.add_response("decrypt", {"Plaintext": b"k" * 32, "KeyId": arn})
+        with pytest.raises(errors.KeyProviderError):
+            provider.decrypt_data_key(b"blob", arn, None)
+        assert provider.decrypt_data_key(b"blob", arn, None) == b"k" * 32
+    assert provider.stats().short_circuited == 0
+
+
+def test_fail_fast_off_and_invalid() -> None:
+    client, clock = boto_kms(), Clock()
+    provider = KmsKeyProvider(client, fail_fast=0.0, clock=clock)
+    with Stubber(client) as stub:
+        stub.add_client_error("decrypt", service_error_code="ThrottlingException")
+        stub.add_client_error("decrypt", service_error_code="ThrottlingException")
+        for _ in range(2):
+            with pytest.raises(errors.KmsUnavailableError, match="ThrottlingException"):
+                provider.decrypt_data_key(b"blob", "arn:k", None)
+        stub.assert_no_pending_responses()
+    with pytest.raises(ValueError, match="fail_fast must be 0 or more, got -1"):
+        KmsKeyProvider(client, fail_fast=-1)
+
+
+def test_malformed_decrypt_parameters_are_the_payloads_fault() -> None:
+    """botocore refuses before sending (here: an empty key id); no KMS outage is assumed."""
+    provider = KmsKeyProvider(boto_kms(), fail_fast=60.0)
+    with pytest.raises(errors.KmsInvalidCiphertextError, match=r"\(ParamValidationError\); they were altered"):
+        provider.decrypt_data_key(b"blob", "", None)
+    with pytest.raises(errors.KmsResponseError, match="refused before sending"):
+        provider.generate_data_key("", None)
+    with Stubber(provider._client) as stub:
+        stub.add_response("decrypt", {"Plaintext": b"k" * 32, "KeyId": "arn:k"})
+        assert provider.decrypt_data_key(b"blob", "arn:k", None) == b"k" * 32  # not paused
+    assert provider.stats().short_circuited == 0

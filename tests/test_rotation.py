@@ -83,6 +83,7 @@ def test_uncached_key_during_an_outage_fails_clearly_and_boundedly(
         KMS_CONNECT_TIMEOUT=0.5,
         KMS_READ_TIMEOUT=0.5,
         KMS_MAX_ATTEMPTS=2,
+        KMS_FAIL_FAST_SECONDS=0,  # recovery on the very next call; the fail-fast pause: tests/test_faults.py
     )
     kms_proxy.set(mode="drop", operations={"Decrypt"})
     started = time.monotonic()
