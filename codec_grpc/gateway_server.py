@@ -135,6 +135,11 @@ class GatewayThread:
                 self._ready.set()
             self._loop.run_forever()
         finally:
+            # Requests still being read (a client that stopped sending) end with the loop, quietly.
+            pending = asyncio.all_tasks(self._loop)
+            for task in pending:
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self._loop.run_until_complete(self._loop.shutdown_default_executor())
             self._loop.close()
 
