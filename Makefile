@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TS_CLIENT := clients/typescript
 TS_STAMP := $(if $(shell command -v npm 2>/dev/null),$(TS_CLIENT)/node_modules/.installed)
 
-.PHONY: install proto run test lint format clean bench
+.PHONY: install proto run test lint format clean bench bench-workers
 
 install: $(STAMP) proto $(TS_STAMP)
 
@@ -37,6 +37,10 @@ test: install
 # A tool, not a test: BENCHMARKS.md records runs. BENCH_ARGS="--only gateway" runs one section.
 bench: install
 	$(BIN)/python -m tests.bench.run $(BENCH_ARGS)
+
+# WORKERS=1 against WORKERS=2 under the same load (BENCHMARKS.md, "Scaling out").
+bench-workers: install
+	$(BIN)/python -m tests.bench.scaling $(BENCH_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
