@@ -44,7 +44,7 @@ def main() -> None:
         header = (
             f"{'rpc':6} {'batch':>5} | {'W=1 payloads/s':>14} {'W=' + str(args.workers) + ' payloads/s':>14} "
             f"{'gain':>5} | {'W=1 µs/pl':>9} {'W=' + str(args.workers) + ' µs/pl':>9} | "
-            f"{'W=1 cores':>9} {'W=' + str(args.workers) + ' cores':>9} | {'noise':>5}"
+            f"{'W=1 cores':>9} {'W=' + str(args.workers) + ' cores':>9} | {'noise':>5} | RSS MiB"
         )
         print(header)
         print("-" * len(header))
@@ -84,7 +84,8 @@ def compare(
     noise = max(1 - min(r.throughput for r in results) / max(r.throughput for r in results) for results in rounds)
     print(
         f"{method:6} {batch:>5} | {best[0]:>14.0f} {best[1]:>14.0f} {best[1] / best[0]:>5.2f} | "
-        f"{cpu[0] * 1e6:>9.1f} {cpu[1] * 1e6:>9.1f} | {cores[0]:>9.2f} {cores[1]:>9.2f} | {noise:>5.0%}",
+        f"{cpu[0] * 1e6:>9.1f} {cpu[1] * 1e6:>9.1f} | {cores[0]:>9.2f} {cores[1]:>9.2f} | {noise:>5.0%} | "
+        f"{fastest[0].rss:.0f} / {fastest[1].rss:.0f}",
         flush=True,
     )
 
