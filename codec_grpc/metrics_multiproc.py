@@ -17,6 +17,7 @@ key closest to rotation), its ``expires_in`` the smallest.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 
@@ -56,33 +57,36 @@ def forget_process(pid: int, directory: str) -> None:
 class KeyStatsPublisher:
     """Copies a key manager's stats into multiprocess metrics, every ``interval`` seconds."""
 
-    def __init__(self, stats: Callable[[], KeyStats], interval: float = 1.0) -> None:
+    def __init__(
+        self, stats: Callable[[], KeyStats], interval: float = 1.0, registry: CollectorRegistry | None = None
+    ) -> None:
         self._stats = stats
         self._interval = interval
         self._published: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="key-stats-publisher", daemon=True)
-        none: CollectorRegistry | None = None  # values go to the shared files; no registry needed
-        self.hits = Counter(f"{PREFIX}_cache_hits", "Data-key cache hits.", ["cache"], registry=none)
-        self.misses = Counter(f"{PREFIX}_cache_misses", "Data-key cache misses.", ["cache"], registry=none)
+        # In a worker the values go to the shared files and no registry is needed (tests pass one).
+        self.hits = Counter(f"{PREFIX}_cache_hits", "Data-key cache hits.", ["cache"], registry=registry)
+        self.misses = Counter(f"{PREFIX}_cache_misses", "Data-key cache misses.", ["cache"], registry=registry)
         self.evictions = Counter(
             f"{PREFIX}_cache_evictions",
             "Data keys evicted at capacity (decrypted cache only).",
             ["cache"],
-            registry=none,
+            registry=registry,
         )
-        self.entries = _gauge("cache_entries", "Data keys held per cache.", ["cache"], "livesum")
-        self.capacity = _gauge("cache_capacity_entries", "Most data keys the decrypted caches hold.", [], "livesum")
-        self.cached = _gauge("cached_keys", "Distinct data keys held in memory (both caches).", [], "livesum")
-        self.age = _gauge("current_key_age_seconds", "Age of the oldest current data key.", _SLOT, "livemax")
-        self.expires = _gauge(
+        gauge = functools.partial(_gauge, registry=registry)
+        self.entries = gauge("cache_entries", "Data keys held per cache.", ["cache"], "livesum")
+        self.capacity = gauge("cache_capacity_entries", "Most data keys the decrypted caches hold.", [], "livesum")
+        self.cached = gauge("cached_keys", "Distinct data keys held in memory (both caches).", [], "livesum")
+        self.age = gauge("current_key_age_seconds", "Age of the oldest current data key.", _SLOT, "livemax")
+        self.expires = gauge(
             "current_key_expires_in_seconds", "Seconds until the first current data key retires.", _SLOT, "livemin"
         )
-        self.expired = _gauge(
+        self.expired = gauge(
             "current_key_expired", "1 when a current data key is retired and not yet replaced.", _SLOT, "livemax"
         )
-        self.uses = _gauge(
+        self.uses = gauge(
             "current_key_encryptions", "Most payloads encrypted under one current data key.", _SLOT, "livemax"
         )
 
@@ -129,5 +133,7 @@ class KeyStatsPublisher:
             self._published[name] = total
 
 
-def _gauge(name: str, documentation: str, labels: list[str] | tuple[str, ...], mode: str) -> Gauge:
-    return Gauge(f"{PREFIX}_{name}", documentation, labels, registry=None, multiprocess_mode=mode)  # type: ignore[arg-type]
+def _gauge(
+    name: str, documentation: str, labels: list[str] | tuple[str, ...], mode: str, registry: CollectorRegistry | None
+) -> Gauge:
+    return Gauge(f"{PREFIX}_{name}", documentation, labels, registry=registry, multiprocess_mode=mode)  # type: ignore[arg-type]

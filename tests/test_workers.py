@@ -16,10 +16,13 @@ from typing import Any
 
 import grpc
 import pytest
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from codec_grpc.config import load_config
 from codec_grpc.errors import ConfigError
+from codec_grpc.keys import CurrentKeyStats, KeyStats
+from codec_grpc.metrics_multiproc import KeyStatsPublisher
 from codec_grpc.v1 import codec_pb2 as pb
 from codec_grpc.v1 import codec_pb2_grpc
 from tests.conftest import REGION
@@ -161,6 +164,8 @@ def test_two_workers_share_the_port_and_one_endpoint_sums_their_metrics(workers,
     samples = scrape(process)
     assert total(samples, "temporal_codec_cache_entries", cache="current") == 2  # one per worker
     assert total(samples, "temporal_codec_kms_requests_total", operation="GenerateDataKey") == 2
+    # The largest over the two workers' current keys, not their sum (which would be CALLS).
+    assert CALLS / 2 <= total(samples, "temporal_codec_current_key_encryptions") < CALLS
 
     process.proc.send_signal(signal.SIGTERM)
     assert process.finish() == 0, "".join(process.lines)
@@ -233,3 +238,23 @@ def test_workers_stop_when_the_supervisor_is_killed(workers) -> None:
     while any(map(alive, pids)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(map(alive, pids))
+
+
+def test_key_stats_publisher_adds_only_what_is_new_and_sets_the_gauges() -> None:
+    registry = CollectorRegistry()
+    current = CurrentKeyStats("alias/a", "ns", "arn:aws:kms:x", 5.0, 7.0, False, 3)
+    stats = [KeyStats(2, [current], 3, 1, 0, 0, 0, 1, 10)]
+    publisher = KeyStatsPublisher(lambda: stats[0], interval=3600, registry=registry)
+    publisher.publish()
+    stats[0] = KeyStats(2, [current], 8, 1, 2, 1, 0, 1, 10)
+    publisher.publish()
+    publisher.publish()  # nothing new: counters must not move
+    value = registry.get_sample_value
+    assert value("temporal_codec_cache_hits_total", {"cache": "current"}) == 8
+    assert value("temporal_codec_cache_misses_total", {"cache": "current"}) == 1
+    assert value("temporal_codec_cache_hits_total", {"cache": "decrypted"}) == 2
+    assert value("temporal_codec_cache_entries", {"cache": "decrypted"}) == 1
+    assert value("temporal_codec_cache_capacity_entries") == 10
+    slot = {"key_alias": "alias/a", "temporal_namespace": "ns"}
+    assert value("temporal_codec_current_key_age_seconds", slot) == 5.0
+    assert value("temporal_codec_current_key_encryptions", slot) == 3
