@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -258,3 +259,12 @@ def test_key_stats_publisher_adds_only_what_is_new_and_sets_the_gauges() -> None
     slot = {"key_alias": "alias/a", "temporal_namespace": "ns"}
     assert value("temporal_codec_current_key_age_seconds", slot) == 5.0
     assert value("temporal_codec_current_key_encryptions", slot) == 3
+
+
+def test_a_port_in_use_exits_2_naming_it(workers) -> None:
+    with socket.socket() as taken:  # a listener without SO_REUSEPORT: the workers cannot join it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        process = workers(GRPC_PORT=str(taken.getsockname()[1]))
+        assert process.finish() == 2
+    assert any("codec-server: error: GRPC_PORT" in line for line in process.lines), "".join(process.lines)
