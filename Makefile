@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TS_CLIENT := clients/typescript
 TS_STAMP := $(if $(shell command -v npm 2>/dev/null),$(TS_CLIENT)/node_modules/.installed)
 
-.PHONY: install proto run test lint format clean bench fuzz soak
+.PHONY: install proto run test lint format clean bench bench-workers fuzz soak
 
 install: $(STAMP) proto $(TS_STAMP)
 
@@ -48,6 +48,10 @@ fuzz: install
 SOAK_SECONDS ?= 120
 soak: install
 	$(BIN)/python -m tests.bench.soak --seconds $(SOAK_SECONDS)
+
+# WORKERS=1 against WORKERS=2 under the same load (BENCHMARKS.md, "Scaling out").
+bench-workers: install
+	$(BIN)/python -m tests.bench.scaling $(BENCH_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -11,14 +11,19 @@ Stopping: on SIGTERM or SIGINT health turns NOT_SERVING, the gateway finishes
 the HTTP requests in flight and stops, new gRPC calls are refused, calls in
 flight get up to SHUTDOWN_GRACE seconds to finish, and the process exits with
 status 0.
+
+WORKERS=N (N > 1) forks N such servers sharing the ports (codec_grpc.workers);
+this process then supervises them and serves their summed metrics.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from types import FrameType
@@ -30,8 +35,16 @@ from codec_grpc.errors import ConfigError
 from codec_grpc.gateway_server import GatewayThread, local_target
 from codec_grpc.logs import configure_logging
 from codec_grpc.metrics import new_registry, start_metrics_server
+from codec_grpc.metrics_multiproc import (
+    KeyStatsPublisher,
+    enable_multiprocess_mode,
+    forget_process,
+    multiprocess_registry,
+)
+from codec_grpc.workers import Supervisor, fork_workers, reserved_ports
 
 log = logging.getLogger("codec_server")
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -41,20 +54,34 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         print(f"codec-server: error: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.log_level, config.log_format)
+    if config.workers > 1:
+        return _run_workers(config)
+    return _run_server(config)
+
+
+def _run_server(config: Config, worker: int | None = None, received: list[int] | None = None) -> int:
+    """One server process: the only one (worker None), or worker ``worker`` of WORKERS."""
     dev_kms, client = _kms(config)
+    publisher = None
     try:
         app = build_app(config, client, new_registry())
-        metrics_server = _metrics_server(app)
+        # A worker's metrics reach the supervisor's endpoint through the shared files.
+        metrics_server = _metrics_server(app) if worker is None else None
     except (OSError, ConfigError) as exc:
         message = str(exc) if isinstance(exc, ConfigError) else f"GRPC_PORT: {exc}"
         print(f"codec-server: error: {message}", file=sys.stderr)
         return 2
+    if worker is not None:
+        publisher = KeyStatsPublisher(app.keys.stats)
+        publisher.start()
     try:
-        abandoned = _serve(app)
+        abandoned = _serve(app, _record_stop_signals() if received is None else received)
     except ConfigError as exc:
         print(f"codec-server: error: {exc}", file=sys.stderr)
         return 2
     finally:
+        if publisher is not None:
+            publisher.stop()
         if metrics_server is not None:
             metrics_server.shutdown()
         if dev_kms is not None:
@@ -78,6 +105,59 @@ def _metrics_server(app: CodecApp) -> Any:
         address = f"{config.metrics_host}:{config.metrics_port}"
         raise ConfigError("METRICS_PORT", f"cannot listen on {address}: {exc}") from None
     log.info("metrics at http://%s:%d/metrics", config.metrics_host, port, extra={"metrics_port": port})
+    return server
+
+
+def _run_workers(config: Config) -> int:
+    """WORKERS > 1: fork the workers, serve their summed metrics, wait for them (codec_grpc.workers)."""
+    if _wants_dev_kms(config):
+        # Its keys live in one process's memory: each worker would have its own KMS, and data encoded
+        # by one worker could not be decoded by another.
+        print("codec-server: error: WORKERS: the development KMS (DEV_KMS) needs WORKERS=1", file=sys.stderr)
+        return 2
+    metrics_dir = tempfile.mkdtemp(prefix="codec-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # read by prometheus_client in every worker
+    enable_multiprocess_mode()
+    metrics_server = None
+    try:
+        with reserved_ports(config) as bound:
+            # Blocked until each process has its handlers: a stop signal is then never lost or fatal.
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            pids = fork_workers(bound.workers, lambda index: _worker(bound, index))
+            supervisor = Supervisor(pids, on_exit=lambda pid: forget_process(pid, metrics_dir))
+            supervisor.install_signal_handlers()
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+            log.info("supervisor: %d workers, pids %s", len(pids), " ".join(map(str, pids)))
+            metrics_server = _supervisor_metrics(config, metrics_dir, supervisor)
+            return supervisor.wait()
+    finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _worker(config: Config, index: int) -> int:
+    received = _record_stop_signals()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    return _run_server(config, worker=index, received=received)
+
+
+def _supervisor_metrics(config: Config, metrics_dir: str, supervisor: Supervisor) -> Any:
+    if not config.metrics_enabled:
+        return None
+    registry = multiprocess_registry(metrics_dir)
+    try:
+        server, port = start_metrics_server(config.metrics_host, config.metrics_port, registry)
+    except OSError as exc:
+        print(f"codec-server: error: METRICS_PORT: cannot listen: {exc}", file=sys.stderr)
+        supervisor.fail(2)
+        return None
+    log.info(
+        "metrics of all workers at http://%s:%d/metrics",
+        config.metrics_host,
+        port,
+        extra={"event": "metrics_started", "metrics_port": port},
+    )
     return server
 
 
@@ -118,8 +198,8 @@ def _wants_dev_kms(config: Config) -> bool:
     return session.get_credentials() is None
 
 
-def _serve(app: CodecApp) -> int:
-    """Serve until SIGTERM/SIGINT, then drain; returns how many calls the grace period cut off."""
+def _record_stop_signals() -> list[int]:
+    """From now on SIGTERM and SIGINT are appended to the returned list."""
     received: list[int] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -129,6 +209,11 @@ def _serve(app: CodecApp) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    return received
+
+
+def _serve(app: CodecApp, received: list[int]) -> int:
+    """Serve until SIGTERM/SIGINT, then drain; returns how many calls the grace period cut off."""
     app.server.start()
     gateway = _start_gateway(app)
     _banner(app)

@@ -87,6 +87,7 @@ def build_app(config: Config, client: Any, registry: CollectorRegistry | None = 
         max_message_bytes=config.grpc_max_message_bytes,
         max_workers=config.grpc_max_workers,
         credentials=grpc_server_credentials(config),
+        reuse_port=config.workers > 1,
     )
     health_servicer = health.HealthServicer()
     interceptor = ObservingInterceptor(GrpcMetrics(registry), config.default_namespace)

@@ -148,6 +148,12 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("GRPC_MAX_WORKERS", "16", parse_int(1, 1024), "threads serving gRPC calls"),
     Setting(
+        "WORKERS",
+        "1",
+        parse_int(1, 64),
+        "server processes sharing GRPC_PORT (and the gateway's PORT) via SO_REUSEPORT; metrics are summed over them",
+    ),
+    Setting(
         "MAX_PAYLOADS_PER_REQUEST",
         "10000",
         parse_int(1, 10_000_000),
@@ -315,6 +321,7 @@ class Config:
     grpc_port: int
     grpc_max_message_bytes: int
     grpc_max_workers: int
+    workers: int
     max_payloads_per_request: int
     default_namespace: str
     namespace_binding: bool

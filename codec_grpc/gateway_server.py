@@ -83,7 +83,11 @@ async def start_gateway(config: Config, target: str, registry: CollectorRegistry
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     try:
-        await web.TCPSite(runner, config.gateway_host, config.port, ssl_context=ssl_context).start()
+        # WORKERS > 1: every worker process serves the gateway on the same port.
+        reuse_port = config.workers > 1
+        await web.TCPSite(
+            runner, config.gateway_host, config.port, ssl_context=ssl_context, reuse_port=reuse_port
+        ).start()
     except BaseException:
         await runner.cleanup()
         await upstream.close()

@@ -201,6 +201,9 @@ class ServerOptions:
     max_message_bytes: int = 16 * 1024 * 1024
     max_workers: int = 16
     credentials: grpc.ServerCredentials | None = None  # None: plaintext
+    # Off unless WORKERS > 1: with it on, a second server started by mistake on the same port
+    # would silently share the traffic instead of failing to bind.
+    reuse_port: bool = False
 
 
 def method_handlers(servicer: CodecServicer) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
@@ -222,7 +225,7 @@ def grpc_server(
         futures.ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="grpc"),
         options=[
             ("grpc.max_receive_message_length", options.max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(options.reuse_port)),
         ],
         interceptors=list(interceptors),
     )

@@ -174,4 +174,8 @@ def server_script_env(kms_endpoint: str) -> dict[str, str]:
     """Environment for running ``server.py`` as its own process against the test KMS."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
+    # Loopback only, and no fixed metrics port that two test processes could both want.
+    env.update(
+        {"GRPC_HOST": "127.0.0.1", "GATEWAY_HOST": "127.0.0.1", "METRICS_HOST": "127.0.0.1", "METRICS_PORT": "0"}
+    )
     return env

@@ -105,7 +105,14 @@ def test_standalone_gateway_in_front_of_grpc_target(processes, codec_server, mak
     alias, _ = make_key()
     codec = codec_server(KMS_KEY_ALIAS=alias)
     http_port = free_port()
-    env = {"CODEC_GRPC_TARGET": codec.target, "GATEWAY_HOST": "127.0.0.1", "PORT": str(http_port), "PATH": ""}
+    env = {
+        "CODEC_GRPC_TARGET": codec.target,
+        "GATEWAY_HOST": "127.0.0.1",
+        "PORT": str(http_port),
+        "METRICS_HOST": "127.0.0.1",
+        "METRICS_PORT": "0",
+        "PATH": "",
+    }
     proc = spawn(processes, [sys.executable, "-m", "codec_grpc.gateway"], env)
     wait_healthy(http_port, proc)
     status, encoded = post(http_port, "/encode", SEED_BODY)
@@ -121,7 +128,7 @@ def test_gateway_port_in_use_exits_2_naming_port(processes, server_script_env, k
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        common = {"GATEWAY_HOST": "127.0.0.1", "PORT": str(port)}
+        common = {"GATEWAY_HOST": "127.0.0.1", "PORT": str(port), "METRICS_HOST": "127.0.0.1", "METRICS_PORT": "0"}
         gateway = spawn(processes, [sys.executable, "-m", "codec_grpc.gateway"], {**common, "PATH": ""})
         _, err = gateway.communicate(timeout=60)
         assert gateway.returncode == 2

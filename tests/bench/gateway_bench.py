@@ -102,6 +102,8 @@ def gateway_section(stack: ExitStack, workdir: Path, codec: Codec, args: argpars
         **codec.env,
         "PORT": str(gateway_port),
         "GATEWAY_HOST": "127.0.0.1",
+        "METRICS_HOST": "127.0.0.1",
+        "METRICS_PORT": "0",
         "CODEC_GRPC_TARGET": f"127.0.0.1:{codec.port}",
     }
     gateway = stack.enter_context(

@@ -24,21 +24,24 @@ def main() -> None:
     parser.add_argument("--calls", type=int, required=True)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--channels", type=int, default=1, help="connections, used round-robin by the threads")
     args = parser.parse_args()
     with open(args.request_file, "rb") as f:
         request = f.read()
-    options = [("grpc.max_receive_message_length", 256 * 1024 * 1024)]
-    channel = grpc.insecure_channel(args.target, options=options)
-    call = channel.unary_unary(f"/codec_grpc.v1.CodecService/{args.method}", None, None)
-    for _ in range(args.warmup):
-        call(request, timeout=30)
+    # Each channel its own TCP connection (own subchannel pool): SO_REUSEPORT spreads connections,
+    # not calls, over a server's WORKERS.
+    options = [("grpc.max_receive_message_length", 256 * 1024 * 1024), ("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.insecure_channel(args.target, options=options) for _ in range(args.channels)]
+    calls = [channel.unary_unary(f"/codec_grpc.v1.CodecService/{args.method}", None, None) for channel in channels]
+    for number in range(max(args.warmup, len(calls))):
+        calls[number % len(calls)](request, timeout=30)
     print("ready", flush=True)
     sys.stdin.readline()
     latencies: list[float] = []
     lock = threading.Lock()
     per_thread = args.calls // args.threads
 
-    def worker() -> None:
+    def worker(call: grpc.UnaryUnaryMultiCallable[bytes, bytes]) -> None:
         mine = []
         for _ in range(per_thread):
             started = time.perf_counter()
@@ -47,7 +50,7 @@ def main() -> None:
         with lock:
             latencies.extend(mine)
 
-    threads = [threading.Thread(target=worker) for _ in range(args.threads)]
+    threads = [threading.Thread(target=worker, args=(calls[i % len(calls)],)) for i in range(args.threads)]
     started = time.perf_counter()
     for t in threads:
         t.start()
@@ -66,7 +69,8 @@ def main() -> None:
         ),
         flush=True,
     )
-    channel.close()
+    for channel in channels:
+        channel.close()
 
 
 if __name__ == "__main__":

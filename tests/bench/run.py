@@ -104,7 +104,16 @@ class Result:
 
 
 def measure(
-    target: str, pid: int, method: str, request: bytes, batch: int, calls: int, workdir: Path, stats: Any
+    target: str,
+    pid: int,
+    method: str,
+    request: bytes,
+    batch: int,
+    calls: int,
+    workdir: Path,
+    stats: Any,
+    channels: int = 1,
+    threads: int = 4,
 ) -> Result:
     request_file = workdir / "request.bin"
     request_file.write_bytes(request)
@@ -121,6 +130,10 @@ def measure(
             str(request_file),
             "--calls",
             str(calls),
+            "--channels",
+            str(channels),
+            "--threads",
+            str(threads),
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -237,8 +250,8 @@ def grpc_section(stack: ExitStack, workdir: Path, codec: Codec, args: argparse.N
             # Interleaved rounds; each server's cheapest round counts (interference only adds CPU).
             rounds = [
                 (
-                    measure(ours_target, codec.pid, method, request, batch, calls, workdir, stub),
-                    measure(echo_target, echo.pid, method, request, batch, calls, workdir, None),
+                    measure(ours_target, codec.pid, method, request, batch, calls, workdir, stub, args.channels),
+                    measure(echo_target, echo.pid, method, request, batch, calls, workdir, None, args.channels),
                 )
                 for _ in range(args.rounds)
             ]
@@ -263,6 +276,9 @@ def main() -> None:
     parser.add_argument("--payload-bytes", type=int, default=1024)
     parser.add_argument("--batches", default="1,10,100")
     parser.add_argument("--workers", type=int, default=1, help="WORKERS for the codec server")
+    parser.add_argument(
+        "--channels", type=int, default=1, help="gRPC connections per load process (WORKERS share out connections)"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved measurements per server and case")
     parser.add_argument("--only", choices=("grpc", "gateway"), help="run one section only")
     args = parser.parse_args()
