@@ -307,7 +307,7 @@ def main() -> None:
         "--no-pin", action="store_true", help="do not pin servers to CPU 0 and the load generator to CPU 1"
     )
     args = parser.parse_args()
-    global SERVER_CPUS, LOAD_CPUS  # noqa: PLW0603 - set once, read by measure()
+    global SERVER_CPUS, LOAD_CPUS
     if not args.no_pin and len(os.sched_getaffinity(0)) >= 2:
         first, second = sorted(os.sched_getaffinity(0))[:2]
         SERVER_CPUS, LOAD_CPUS = {first}, {second}
