@@ -13,6 +13,7 @@ out. The ratio echo ÷ ours is 1.0 when encrypting costs nothing beyond echoing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -113,10 +114,8 @@ def pin(pid: int, cpus: set[int] | None) -> None:
         return
     for process_id in process_tree(pid):
         for task in Path(f"/proc/{process_id}/task").glob("*"):
-            try:
+            with contextlib.suppress(OSError):  # the thread ended meanwhile
                 os.sched_setaffinity(int(task.name), cpus)
-            except OSError:
-                pass  # the thread ended meanwhile
 
 
 SERVER_CPUS: set[int] | None = None
