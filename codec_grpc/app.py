@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from codec_grpc.codec import EnvelopeCodec
 from codec_grpc.config import Config
-from codec_grpc.interceptor import ObservingInterceptor
+from codec_grpc.interceptor import ObservedHealthServicer, ObservingInterceptor
 from codec_grpc.keys import KeyManager, KeyPolicy
 from codec_grpc.kms import KmsKeyProvider
 from codec_grpc.metrics import GrpcMetrics, KeyCacheCollector, KmsMetrics
@@ -89,7 +89,7 @@ def build_app(config: Config, client: Any, registry: CollectorRegistry | None = 
         credentials=grpc_server_credentials(config),
         reuse_port=config.workers > 1,
     )
-    health_servicer = health.HealthServicer()
     interceptor = ObservingInterceptor(GrpcMetrics(registry), config.default_namespace)
-    server, port = create_server(servicer, options, health_servicer, [interceptor])
+    health_servicer = ObservedHealthServicer(interceptor)
+    server, port = create_server(servicer, options, health_servicer, observer=interceptor)
     return CodecApp(config, provider, keys, codec, servicer, health_servicer, server, port, registry, interceptor)

@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from codec_grpc import errors, wire
 from codec_grpc.codec import EnvelopeCodec
 from codec_grpc.config import parse_namespace
-from codec_grpc.interceptor import note_call
+from codec_grpc.interceptor import ObservingInterceptor, note_call
 from codec_grpc.keys import KeyManager, KeyStats
 from codec_grpc.kms import KmsCallStats
 from codec_grpc.v1 import codec_pb2
@@ -247,6 +247,7 @@ def create_server(
     options: ServerOptions,
     health_servicer: health.HealthServicer | None = None,
     interceptors: Sequence[grpc.ServerInterceptor[Any, Any]] = (),
+    observer: ObservingInterceptor | None = None,
 ) -> tuple[grpc.Server, int]:
     """Build (not start) a threaded gRPC server; returns it with the bound port.
 
@@ -255,7 +256,10 @@ def create_server(
     grpcurl and Kubernetes' gRPC probes work without proto files.
     """
     server, port = grpc_server(options, interceptors)
-    server.add_registered_method_handlers(SERVICE_NAME, method_handlers(servicer))  # type: ignore[attr-defined]
+    handlers = method_handlers(servicer)
+    if observer is not None:
+        handlers = {name: observer.wrap(SERVICE_NAME, name, handler) for name, handler in handlers.items()}
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)  # type: ignore[attr-defined]
     health_servicer = health_servicer or health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):
