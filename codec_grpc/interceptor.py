@@ -18,14 +18,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, cast
 
 import grpc
 from grpc_health.v1 import health
 
 from codec_grpc.config import parse_namespace
-from codec_grpc.metrics import GrpcMetrics
+from codec_grpc.metrics import GrpcMetrics, MethodMetrics
 
 access_log = logging.getLogger("codec_grpc.access")
 
@@ -55,14 +54,16 @@ def note_call(payloads: int, namespace: str, received: int) -> CallNote:
     return note
 
 
-@dataclass(frozen=True)
-class _Call:
-    service: str
-    method: str
-    request: Any
-    response: Any  # None when the handler raised (aborted)
-    seconds: float
-    note: CallNote | None
+class _Method:
+    """What the observer of one method keeps: its names, its metrics and its access-log level."""
+
+    __slots__ = ("level", "method", "metrics", "service")
+
+    def __init__(self, service: str, method: str, metrics: MethodMetrics) -> None:
+        self.service = service
+        self.method = method
+        self.metrics = metrics
+        self.level = logging.INFO if service.startswith(CODEC_SERVICE_PREFIX) else logging.DEBUG
 
 
 class ObservingInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
@@ -71,14 +72,13 @@ class ObservingInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(self, metrics: GrpcMetrics, default_namespace: str) -> None:
         self._metrics = metrics
         self._default_namespace = default_namespace
-        self._lock = threading.Lock()
-        self._in_flight = 0
+        # The contexts of the calls running now; set.add and set.discard are atomic (no lock per call).
+        self._active: set[object] = set()
 
     @property
     def in_flight(self) -> int:
         """Unary calls whose handler is still running (after a stop: those the grace period cut off)."""
-        with self._lock:
-            return self._in_flight
+        return len(self._active)
 
     def intercept_service(
         self,
@@ -105,55 +105,52 @@ class ObservingInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
 
     def observe(self, service: str, method: str, inner: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
         """``inner`` (a unary behaviour), counted, timed and logged."""
+        call = _Method(service, method, self._metrics.for_method(service, method))
 
         def observed(request: Any, context: grpc.ServicerContext) -> Any:
-            self._metrics.call_started(service, method)
+            call.metrics.started.inc()
+            _notes.current = None
+            self._active.add(context)
             started = time.monotonic()
             response = None
-            _notes.current = None
-            with self._lock:
-                self._in_flight += 1
             try:
                 response = inner(request, context)
                 return response
             finally:
-                with self._lock:
-                    self._in_flight -= 1
-                note, _notes.current = _notes.current, None
-                call = _Call(service, method, request, response, time.monotonic() - started, note)
+                seconds = time.monotonic() - started
+                self._active.discard(context)
                 try:
-                    self._finish(call, context)
+                    self._finish(call, request, response, seconds, context)
                 except Exception:  # observability must never fail a call that succeeded
                     access_log.exception("cannot record the call to %s", method)
 
         return observed
 
-    def _finish(self, call: _Call, context: grpc.ServicerContext) -> None:
+    def _finish(
+        self, call: _Method, request: Any, response: Any, seconds: float, context: grpc.ServicerContext
+    ) -> None:
+        note, _notes.current = _notes.current, None
         # context.code() is None unless the handler set one: OK when it returned, UNKNOWN when it raised
         # (which is what grpc answers for an exception the handler did not turn into a status).
         # (grpc-stubs lack ServicerContext.code, which grpcio has had since 1.38.)
-        code = cast(Any, context).code() or (
-            grpc.StatusCode.OK if call.response is not None else grpc.StatusCode.UNKNOWN
-        )
-        self._metrics.call_finished(call.service, call.method, code.name, call.seconds)
-        note = call.note
-        received = note.received if note is not None else _size(call.request)
-        sent = note.sent if note is not None else _size(call.response)
+        code = cast(Any, context).code() or (grpc.StatusCode.OK if response is not None else grpc.StatusCode.UNKNOWN)
+        call.metrics.finished(code.name, seconds)
         if code is grpc.StatusCode.OK and note is not None:
-            self._metrics.payloads_processed(call.method, note.payloads, received, sent)
-        level = logging.INFO if call.service.startswith(CODEC_SERVICE_PREFIX) else logging.DEBUG
-        if not access_log.isEnabledFor(level):
+            call.metrics.processed(note.payloads, note.received, note.sent)
+        if not access_log.isEnabledFor(call.level):
             return
+        received = note.received if note is not None else _size(request)
+        sent = note.sent if note is not None else _size(response)
         payloads = note.payloads if note is not None else 0
         if note is not None:
             namespace = note.namespace
-        elif hasattr(call.request, "namespace"):
-            namespace = self._namespace(call.request, context)
+        elif hasattr(request, "namespace"):
+            namespace = self._namespace(request, context)
         else:
             namespace = ""
-        duration_ms = round(call.seconds * 1000, 3)
+        duration_ms = round(seconds * 1000, 3)
         access_log.log(
-            level,
+            call.level,
             "%s %s payloads=%d duration_ms=%.1f namespace=%s",
             call.method,
             code.name,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -80,16 +80,25 @@ class CodecServicer:
         self._limits = limits
 
     def Encode(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        return self._run(context, lambda: self._serialized(self._codec.encode_serialized, request, context))
+        try:
+            return self._serialized(self._encode, request, context)
+        except Exception as exc:
+            self._refuse(exc, context)
 
     def Decode(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        return self._run(context, lambda: self._serialized(self._codec.decode_serialized, request, context))
+        try:
+            return self._serialized(self._decode, request, context)
+        except Exception as exc:
+            self._refuse(exc, context)
 
     def Stats(self, request: bytes, context: grpc.ServicerContext) -> codec_pb2.StatsResponse:
-        return self._run(context, lambda: self._stats(self._namespace(_stats_request(request).namespace, context)))
+        try:
+            return self._stats(self._namespace(_stats_request(request).namespace, context))
+        except Exception as exc:
+            self._refuse(exc, context)
 
     def _serialized(
-        self, operation: Callable[[list[bytes], str], list[bytes]], request: bytes, context: grpc.ServicerContext
+        self, operation: Callable[[list[bytes], str, bytes], list[bytes]], request: bytes, context: grpc.ServicerContext
     ) -> bytes:
         try:
             payloads, namespace = wire.split_request(request)
@@ -98,9 +107,18 @@ class CodecServicer:
         self._check_count(len(payloads))
         namespace = self._namespace(namespace, context)
         note = note_call(len(payloads), namespace, len(request))
-        response = wire.join_response(operation(payloads, namespace))
+        response = wire.join_response(operation(payloads, namespace, request))
         note.sent = len(response)
         return response
+
+    def _encode(self, payloads: list[bytes], namespace: str, request: bytes) -> list[bytes]:
+        # One parse of the whole request checks every payload; when it fails, the codec's own
+        # check (payload by payload) names the payload at fault.
+        checked = _parses(codec_pb2.EncodeRequest, request)
+        return self._codec.encode_serialized(payloads, namespace, checked=checked)
+
+    def _decode(self, payloads: list[bytes], namespace: str, request: bytes) -> list[bytes]:
+        return self._codec.decode_serialized(payloads, namespace)  # parses every payload anyway
 
     def _stats(self, namespace: str) -> codec_pb2.StatsResponse:
         slot = (self._keys.policy.alias_for(namespace), namespace if self._codec.bind_namespace else None)
@@ -125,19 +143,25 @@ class CodecServicer:
         except ValueError as exc:
             raise errors.RequestError(f"invalid namespace: {exc}") from None
 
-    def _run(self, context: grpc.ServicerContext, call: Callable[[], T]) -> T:
-        try:
-            return call()
-        except errors.CodecError as exc:
+    def _refuse(self, exc: Exception, context: grpc.ServicerContext) -> NoReturn:
+        """Abort the call with the status for ``exc``."""
+        if isinstance(exc, errors.CodecError):
             code = status_for(exc)
             log.warning("request refused: %s: %s", code.name, exc)
             _abort(context, code, str(exc))
-        except Exception as exc:
-            # The type and place only: a message or a traceback's locals might quote request data.
-            frame = traceback.extract_tb(exc.__traceback__)[-1]
-            log.error("internal error: %s at %s:%d", type(exc).__name__, frame.filename, frame.lineno)
-            log.debug("internal error details", exc_info=True)
-            _abort(context, grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
+        # The type and place only: a message or a traceback's locals might quote request data.
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        log.error("internal error: %s at %s:%d", type(exc).__name__, frame.filename, frame.lineno)
+        log.debug("internal error details", exc_info=exc)
+        _abort(context, grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
+
+
+def _parses(message: type[Message], request: bytes) -> bool:
+    try:
+        message.FromString(request)
+    except DecodeError:
+        return False
+    return True
 
 
 def _stats_request(request: bytes) -> codec_pb2.StatsRequest:

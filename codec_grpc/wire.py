@@ -65,7 +65,7 @@ def map_entries(number: int, entries: Mapping[str, bytes]) -> bytes:
     return b"".join(field(number, field(1, key.encode()) + field(2, value)) for key, value in sorted(entries.items()))
 
 
-def split_request(buf: bytes) -> tuple[list[bytes], str]:
+def split_request(buf: bytes) -> tuple[list[bytes], str]:  # noqa: PLR0912 - hot loop, varints inlined
     """Split an Encode/Decode request into its serialized payloads (field 1) and namespace (field 2)."""
     payloads: list[bytes] = []
     namespace = b""
@@ -83,6 +83,9 @@ def split_request(buf: bytes) -> tuple[list[bytes], str]:
             length = buf[pos]
             if length < 0x80:
                 pos += 1
+            elif pos + 1 < end and buf[pos + 1] < 0x80:  # two bytes: payloads from 128 bytes to 16 KiB
+                length = (length & 0x7F) | (buf[pos + 1] << 7)
+                pos += 2
             else:
                 length, pos = read_varint(buf, pos)
             stop = pos + length

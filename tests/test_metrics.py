@@ -208,7 +208,9 @@ def test_a_failing_metric_never_fails_the_call(codec_server, make_key, monkeypat
     def broken(*_args):
         raise RuntimeError("metrics backend broke")
 
-    monkeypatch.setattr(running.app.interceptor._metrics, "call_finished", broken)
+    from codec_grpc.metrics import MethodMetrics
+
+    monkeypatch.setattr(MethodMetrics, "finished", broken)
     answer = running.stub.Encode(codec_pb2.EncodeRequest(payloads=payloads(2)), timeout=10)
     assert len(answer.payloads) == 2
     assert "cannot record the call to Encode" in caplog.text

@@ -333,10 +333,10 @@ def test_stats_reports_expired_key(codec_server: Start, key: tuple[str, str]) ->
 def test_unexpected_error_is_internal_without_details(server: RunningCodec, caplog: pytest.LogCaptureFixture) -> None:
     """A bug answers INTERNAL with a fixed message; the log names the error type, not the data."""
 
-    def broken(*_: object) -> list[bytes]:
+    def broken(*_: object, **__: object) -> list[bytes]:
         raise ZeroDivisionError("secret-looking detail")
 
-    server.app.codec.encode_serialized = broken  # type: ignore[method-assign, assignment]
+    server.app.codec.encode_serialized = broken  # type: ignore[method-assign]
     with pytest.raises(grpc.RpcError) as caught:
         encode(server, payloads(1))
     assert caught.value.code() == grpc.StatusCode.INTERNAL
@@ -356,6 +356,8 @@ def test_port_in_use_is_a_clear_error(server: RunningCodec, codec_server: Start)
         (b"\x0a\x05abc", "malformed request: a field runs past the end of the message"),
         (b"\x0f", "malformed request: unsupported wire type 7"),
         (b"\x0a\x02\xff\xff", "payload 0: not a serialized Payload"),
+        # Encode checks all payloads with one parse of the request, then names the one at fault.
+        (b"\x0a\x00\x0a\x02\xff\xff\x0a\x00", "payload 1: not a serialized Payload"),
     ],
 )
 @pytest.mark.parametrize("method", ["Encode", "Decode"])
