@@ -89,7 +89,9 @@ def build_app(config: Config, client: Any, registry: CollectorRegistry | None = 
         credentials=grpc_server_credentials(config),
         reuse_port=config.workers > 1,
     )
-    interceptor = ObservingInterceptor(GrpcMetrics(registry), config.default_namespace)
+    # METRICS_ENABLED=false: calls are not counted at all (nothing could read the counts).
+    grpc_metrics = GrpcMetrics(registry) if config.metrics_enabled else None
+    interceptor = ObservingInterceptor(grpc_metrics, config.default_namespace)
     health_servicer = ObservedHealthServicer(interceptor)
     server, port = create_server(servicer, options, health_servicer, observer=interceptor)
     return CodecApp(config, provider, keys, codec, servicer, health_servicer, server, port, registry, interceptor)

@@ -58,15 +58,24 @@ class Reservation(NamedTuple):
 
 
 class _Current:
-    __slots__ = ("created", "encryptions", "generation", "key", "next", "outage")
+    __slots__ = ("created", "encryptions", "generation", "key", "next", "outage", "quiet", "quiet_until")
 
-    def __init__(self, key: DataKey, created: float, generation: int) -> None:
+    def __init__(self, key: DataKey, created: float, generation: int, quiet_for: float) -> None:
+        self.key = key
+        self.next: DataKey | None = None
+        self.outage = False  # KMS failed to give this slot a new key: the grace applies
+        self.start(key, created, generation, quiet_for)
+
+    def start(self, key: DataKey, created: float, generation: int, quiet_for: float) -> None:
+        """(Re)start the slot's life with ``key``."""
         self.key = key
         self.created = created
         self.encryptions = 0
         self.generation = generation
-        self.next: DataKey | None = None
-        self.outage = False  # KMS failed to give this slot a new key: the grace applies
+        # Until quiet_until (and below half the encryption limit) a reservation has nothing to decide:
+        # no refresh is due and the key is usable. Its answer is always this one.
+        self.quiet = Reservation(key, generation)
+        self.quiet_until = created + quiet_for
 
 
 class CurrentKeyCache:
@@ -100,6 +109,7 @@ class CurrentKeyCache:
         self.grace = grace
         # Fetch the next key halfway through the current one's life, at most 5 minutes early.
         self.refresh_lead = min(max_age / 2, 300.0) if refresh_lead is None else refresh_lead
+        self._refresh_at = max_encryptions / 2  # encryptions after which the next key is fetched
         self._clock = clock
         self._lock = threading.Lock()
         self._slots: dict[tuple[str, str | None], _Current] = {}
@@ -111,6 +121,10 @@ class CurrentKeyCache:
         now = self._clock()
         with self._lock:
             entry = self._slots.get(slot)
+            if entry is not None and now < entry.quiet_until and entry.encryptions + count < self._refresh_at:
+                entry.encryptions += count  # the common case, decided without the rules below
+                self.hits += 1
+                return entry.quiet
             if entry is None:
                 self.misses += 1
                 return Reservation(None, 0)
@@ -124,7 +138,7 @@ class CurrentKeyCache:
             entry.encryptions += count
             self.hits += 1
             age = now - entry.created
-            due = age >= self.max_age - self.refresh_lead or entry.encryptions >= self.max_encryptions / 2
+            due = age >= self.max_age - self.refresh_lead or entry.encryptions >= self._refresh_at
             return Reservation(
                 entry.key,
                 entry.generation,
@@ -144,7 +158,7 @@ class CurrentKeyCache:
         with self._lock:
             previous = self._slots.get(slot)
             generation = 1 if previous is None else previous.generation + 1
-            self._slots[slot] = _Current(key, now, generation)
+            self._slots[slot] = _Current(key, now, generation, self.max_age - self.refresh_lead)
 
     def offer_next(self, slot: tuple[str, str | None], key: DataKey) -> bool:
         """Keep ``key`` as the slot's next key; False when the slot needs none (any more)."""
@@ -187,10 +201,8 @@ class CurrentKeyCache:
 
     def _promote(self, entry: _Current, now: float) -> None:
         assert entry.next is not None
-        entry.key, entry.next = entry.next, None
-        entry.created = now
-        entry.encryptions = 0
-        entry.generation += 1
+        entry.start(entry.next, now, entry.generation + 1, self.max_age - self.refresh_lead)
+        entry.next = None
 
     def _info(self, slot: tuple[str, str | None], entry: _Current, now: float) -> CurrentKeyInfo:
         age = max(0.0, now - entry.created)

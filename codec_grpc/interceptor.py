@@ -44,7 +44,13 @@ class CallNote:
         self.sent = 0
 
 
-_notes = threading.local()  # a unary handler runs on the thread that runs the interceptor around it
+# A unary handler runs on the thread that runs the observer around it. The observer takes the note
+# (and clears it) at the end of every call, so a call never sees the note of an earlier one.
+class _Notes(threading.local):
+    current: CallNote | None = None
+
+
+_notes = _Notes()
 
 
 def note_call(payloads: int, namespace: str, received: int) -> CallNote:
@@ -59,7 +65,7 @@ class _Method:
 
     __slots__ = ("level", "method", "metrics", "service")
 
-    def __init__(self, service: str, method: str, metrics: MethodMetrics) -> None:
+    def __init__(self, service: str, method: str, metrics: MethodMetrics | None) -> None:
         self.service = service
         self.method = method
         self.metrics = metrics
@@ -67,9 +73,12 @@ class _Method:
 
 
 class ObservingInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
-    """Counts and times every unary call, and logs it."""
+    """Counts and times every unary call, and logs it.
 
-    def __init__(self, metrics: GrpcMetrics, default_namespace: str) -> None:
+    With ``metrics`` None (METRICS_ENABLED=false) nothing is counted: no one could read it.
+    """
+
+    def __init__(self, metrics: GrpcMetrics | None, default_namespace: str) -> None:
         self._metrics = metrics
         self._default_namespace = default_namespace
         # The contexts of the calls running now; set.add and set.discard are atomic (no lock per call).
@@ -105,11 +114,12 @@ class ObservingInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
 
     def observe(self, service: str, method: str, inner: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
         """``inner`` (a unary behaviour), counted, timed and logged."""
-        call = _Method(service, method, self._metrics.for_method(service, method))
+        metrics = None if self._metrics is None else self._metrics.for_method(service, method)
+        call = _Method(service, method, metrics)
 
         def observed(request: Any, context: grpc.ServicerContext) -> Any:
-            call.metrics.started.inc()
-            _notes.current = None
+            if metrics is not None:
+                metrics.started.inc()
             self._active.add(context)
             started = time.monotonic()
             response = None
@@ -134,9 +144,11 @@ class ObservingInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         # (which is what grpc answers for an exception the handler did not turn into a status).
         # (grpc-stubs lack ServicerContext.code, which grpcio has had since 1.38.)
         code = cast(Any, context).code() or (grpc.StatusCode.OK if response is not None else grpc.StatusCode.UNKNOWN)
-        call.metrics.finished(code.name, seconds)
-        if code is grpc.StatusCode.OK and note is not None:
-            call.metrics.processed(note.payloads, note.received, note.sent)
+        metrics = call.metrics
+        if metrics is not None:
+            metrics.finished(code, seconds)
+            if code is grpc.StatusCode.OK and note is not None:
+                metrics.processed(note.payloads, note.received, note.sent)
         if not access_log.isEnabledFor(call.level):
             return
         received = note.received if note is not None else _size(request)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
+import grpc
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -106,7 +107,7 @@ class GrpcMetrics:
     def call_started(self, service: str, method: str) -> None:
         self.for_method(service, method).started.inc()
 
-    def call_finished(self, service: str, method: str, code: str, seconds: float) -> None:
+    def call_finished(self, service: str, method: str, code: grpc.StatusCode, seconds: float) -> None:
         self.for_method(service, method).finished(code, seconds)
 
     def payloads_processed(self, method: str, count: int, received: int, sent: int) -> None:
@@ -130,13 +131,13 @@ class MethodMetrics:
         self._labels = (service, method, "unary")
         self.started = metrics.started.labels(*self._labels)
         self.latency = metrics.latency.labels(*self._labels)
-        self._handled: dict[str, Any] = {}
+        self._handled: dict[grpc.StatusCode, Any] = {}
         self._payloads: tuple[Any, Any, Any] | None = None
 
-    def finished(self, code: str, seconds: float) -> None:
+    def finished(self, code: grpc.StatusCode, seconds: float) -> None:
         child = self._handled.get(code)
         if child is None:
-            child = self._handled[code] = self._metrics.handled.labels(*self._labels, code)
+            child = self._handled[code] = self._metrics.handled.labels(*self._labels, code.name)
         child.inc()
         self.latency.observe(seconds)
 

@@ -6,14 +6,19 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from codec_grpc import errors
 from codec_grpc.caches import CurrentKeyCache, DecryptedKeyCache
 from codec_grpc.keys import KeyManager, KeyPolicy
 from codec_grpc.singleflight import SingleFlight
+from codec_grpc.wireformat import DataKey
 from tests.fakes import FakeClock, FakeProvider
+from tests.fuzzing import examples
 
 
 def inline(task: Callable[[], None]) -> None:
@@ -353,3 +358,76 @@ def test_only_an_unavailable_kms_opens_the_grace(provider: FakeProvider, clock: 
     provider.fail_with = errors.KmsAccessDeniedError("access denied")
     with pytest.raises(errors.KmsAccessDeniedError):
         keys.encryption_key("ns", "ns", 1)
+
+
+@st.composite
+def _reservations(draw: st.DrawFn) -> list[tuple[str, float]]:
+    steps = st.one_of(
+        st.tuples(st.just("advance"), st.floats(0.0, 40.0)),
+        st.tuples(st.just("reserve"), st.integers(1, 30).map(float)),
+        st.tuples(st.just("next"), st.just(0.0)),
+        st.tuples(st.just("outage"), st.sampled_from([0.0, 1.0])),
+    )
+    return draw(st.lists(steps, min_size=1, max_size=60))
+
+
+@dataclass
+class _Slot:
+    """The test's model of one slot of the current-key cache."""
+
+    key: DataKey
+    created: float
+    uses: int = 0
+    generation: int = 1
+    next: DataKey | None = None
+    outage: bool = False
+
+    def usable(self, now: float, count: int, max_age: float, limit: int, grace: float) -> bool:
+        return now - self.created < max_age + grace and self.uses + count <= limit
+
+
+@examples(300)
+@given(steps=_reservations(), max_age=st.sampled_from([10.0, 60.0, 100.0]), limit=st.sampled_from([7, 50, 1000]))
+def test_reservations_follow_the_documented_rules(steps: list[tuple[str, float]], max_age: float, limit: int) -> None:
+    """The cache (with its shortcut for the common case) answers as the rules in its docstring say,
+    checked against a model of those rules kept here: usable while younger than max_age (+ grace in
+    an outage) and within the encryption limit; the next key fetched from half the age or half the
+    encryptions; a next key takes over when the current one can no longer serve."""
+    clock = FakeClock()
+    grace = 15.0
+    cache = CurrentKeyCache(max_age=max_age, max_encryptions=limit, clock=clock, grace=grace)
+    slot = ("alias/default", "default")
+    provider = FakeProvider()
+
+    def new_key() -> DataKey:
+        generated = provider.generate_data_key("alias/default", None)
+        return DataKey(generated.plaintext, generated.key_arn, generated.encrypted_key, "default")
+
+    model = _Slot(new_key(), clock())
+    cache.install(slot, model.key)
+    lead = min(max_age / 2, 300.0)
+    for action, value in steps:
+        now = clock()
+        if action == "advance":
+            clock.advance(value)
+        elif action == "next":
+            key = new_key()
+            assert cache.offer_next(slot, key) == (model.next is None)
+            model.next = model.next or key
+        elif action == "outage":
+            cache.set_outage(slot, bool(value))
+            model.outage = bool(value)
+        else:
+            count = int(value)
+            answer = cache.reserve(slot, count)
+            if model.next is not None and not model.usable(now, count, max_age, limit, 0.0):
+                model = _Slot(model.next, now, generation=model.generation + 1, outage=model.outage)
+            if not model.usable(now, count, max_age, limit, grace if model.outage else 0.0):
+                assert (answer.key, answer.generation) == (None, model.generation)
+                continue
+            model.uses += count
+            age = now - model.created
+            assert answer.key is model.key
+            assert answer.generation == model.generation
+            assert answer.refresh == ((age >= max_age - lead or model.uses >= limit / 2) and model.next is None)
+            assert answer.overdue == (age >= max_age)

@@ -250,3 +250,19 @@ def test_in_process_gateway_counts_http_requests_by_route_and_status(codec_serve
     assert value(found, requests, route="health", method="GET", status="200") == 1
     assert value(found, requests, route="other", method="GET", status="404") == 1
     assert value(found, "temporal_codec_http_request_duration_seconds_count", route="encode", method="POST") == 2
+
+
+def test_with_metrics_disabled_calls_are_not_counted_but_still_logged(codec_server, make_key, caplog):
+    """METRICS_ENABLED=false: no endpoint could serve the counts, so they are not even kept."""
+    import logging
+
+    running = codec_server(KMS_KEY_ALIAS=make_key()[0], METRICS_ENABLED="false")
+    with caplog.at_level(logging.INFO, logger="codec_grpc.access"):
+        answer = running.stub.Encode(codec_pb2.EncodeRequest(payloads=payloads(3)), timeout=10)
+    assert len(answer.payloads) == 3
+    names = {name for name, _ in samples(scrape(running.app.registry))}
+    assert "grpc_server_handled_total" not in names
+    assert "temporal_codec_payloads_total" not in names
+    assert "temporal_codec_kms_requests_total" in names  # the rest of the registry is unchanged
+    assert "Encode OK payloads=3" in caplog.text
+    assert running.app.interceptor.in_flight == 0

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import grpc
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
@@ -25,7 +26,7 @@ def exposed_metric_names() -> set[str]:
     registry = CollectorRegistry()
     grpc_metrics = GrpcMetrics(registry)
     grpc_metrics.call_started("codec_grpc.v1.CodecService", "Encode")
-    grpc_metrics.call_finished("codec_grpc.v1.CodecService", "Encode", "OK", 0.01)
+    grpc_metrics.call_finished("codec_grpc.v1.CodecService", "Encode", grpc.StatusCode.OK, 0.01)
     grpc_metrics.payloads_processed("Encode", 1, 10, 20)
     KmsMetrics(registry).observe("Decrypt", "success", 0.01)
     GatewayMetrics(registry).observe("decode", "POST", 200, 0.01)
