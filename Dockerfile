@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # Temporal codec server image. Two stages:
 #   build   - installs the pinned toolchain (requirements.lock, as `make install` does), generates the
 #             protobuf code (the same protoc command as `make proto`) and builds wheels of the package
@@ -6,8 +5,13 @@
 #   runtime - python:3.11-slim plus those wheels only: no compilers, no protoc, no dev packages.
 # Runs as a numeric non-root user, writes nothing outside /tmp (read-only root filesystem works).
 # Build: docker build -t temporal-codec:dev .
+# Needs BuildKit (the default builder since Docker 23; DOCKER_BUILDKIT=1 on 20.10) for RUN --mount,
+# and no image but the base: no `# syntax=` line, whose frontend image would be pulled from Docker Hub.
+# PYTHON_IMAGE: the same base from a mirror or internal registry, e.g.
+#   docker build --build-arg PYTHON_IMAGE=registry.example.com/library/python:3.11-slim .
+ARG PYTHON_IMAGE=python:3.11-slim
 
-FROM python:3.11-slim AS build
+FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY requirements.lock pyproject.toml ./
@@ -19,7 +23,7 @@ RUN .venv/bin/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --
 # The package's wheel, then wheels of its runtime dependencies at the versions requirements.lock pins.
 RUN .venv/bin/pip wheel --wheel-dir /wheels --constraint requirements.lock .
 
-FROM python:3.11-slim AS runtime
+FROM ${PYTHON_IMAGE} AS runtime
 # No .pyc writes at run time (pip compiles them at install); logs unbuffered; HOME for botocore's ~/.aws.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -75,7 +75,13 @@ def build_app(config: Config, client: Any, registry: CollectorRegistry | None = 
     Metrics go to ``registry`` (a fresh one when None); serving them is the caller's choice.
     """
     registry = CollectorRegistry() if registry is None else registry
-    provider = KmsKeyProvider(client, observer=KmsMetrics(registry).observe, fail_fast=config.kms_fail_fast_seconds)
+    kms_metrics = KmsMetrics(registry)
+    provider = KmsKeyProvider(
+        client,
+        observer=kms_metrics.observe,
+        fail_fast=config.kms_fail_fast_seconds,
+        short_circuit_observer=kms_metrics.short_circuited,
+    )
     keys = KeyManager(provider, key_policy(config))
     KeyCacheCollector(keys.stats, registry)
     codec = EnvelopeCodec(keys, bind_namespace=config.namespace_binding)

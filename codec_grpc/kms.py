@@ -32,6 +32,8 @@ from codec_grpc.wireformat import KEY_SIZE
 NAMESPACE_CONTEXT_KEY = "temporal-namespace"
 # Told of every KMS call: (operation, outcome, seconds). How metrics see KMS without this module knowing them.
 KmsObserver = Callable[[str, str, float], None]
+# Told of every call refused without a request by the fail-fast pause: (operation,).
+ShortCircuitObserver = Callable[[str], None]
 
 _UNAVAILABLE_CODES = frozenset(
     {
@@ -115,11 +117,13 @@ class KmsKeyProvider:
         observer: KmsObserver | None = None,
         fail_fast: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        short_circuit_observer: ShortCircuitObserver | None = None,
     ) -> None:
         if fail_fast < 0:
             raise ValueError(f"fail_fast must be 0 or more, got {fail_fast}")
         self._client = client
         self._observer = observer
+        self._short_circuit_observer = short_circuit_observer
         self._fail_fast = fail_fast
         self._clock = clock
         self._unavailable_until = 0.0
@@ -177,6 +181,8 @@ class KmsKeyProvider:
                 return
             self._short_circuited += 1
             last = self._last_unavailable
+        if self._short_circuit_observer is not None:
+            self._short_circuit_observer(operation)
         raise errors.KmsUnavailableError(
             f"KMS {operation} with key {key_id}: not tried, KMS was unavailable moments ago ({last}); "
             f"the next attempt is in {left:.1f}s at most (KMS_FAIL_FAST_SECONDS); retry later"

@@ -8,7 +8,8 @@ one registry (:func:`new_registry`), tests build fresh ones. What is counted:
   ``grpc_server_handled_total``, ``grpc_server_handling_seconds``; plus payloads
   and bytes per method.
 * KMS requests (:class:`KmsMetrics`, fed by the KMS provider's ``observer`` hook,
-  so ``codec_grpc.kms`` stays free of prometheus imports).
+  so ``codec_grpc.kms`` stays free of prometheus imports), and the calls its
+  fail-fast pause refused without a request (``short_circuit_observer`` hook).
 * Data-key caches and current keys (:class:`KeyCacheCollector`), read from the
   key manager's ``stats()`` at scrape time: no state is copied or can go stale.
 * HTTP gateway requests (:class:`GatewayMetrics`), for the gateway to feed.
@@ -156,11 +157,19 @@ class MethodMetrics:
 
 
 class KmsMetrics:
-    """KMS requests by operation and outcome, and their latency.
+    """KMS requests by operation and outcome, their latency, and calls refused without a request.
 
     Pass :meth:`observe` as the KMS provider's ``observer``; it is called once per
-    KMS call (retries inside botocore included in its duration).
+    KMS call (retries inside botocore included in its duration). Pass
+    :meth:`short_circuited` as its ``short_circuit_observer``: called once per call
+    that KMS_FAIL_FAST_SECONDS refused at once (no KMS request, so not in
+    ``kms_requests_total``). Counters fed by hooks, not read from the provider's
+    ``stats()`` at scrape time, so that they also add up across WORKERS > 1.
     """
+
+    # The only operation the provider short-circuits (GenerateDataKey never is); its series exists
+    # from the start, at 0, so that rate() and increase() see the first refusal.
+    SHORT_CIRCUITED_OPERATIONS = ("Decrypt",)
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter(
@@ -177,10 +186,22 @@ class KmsMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.short_circuits = Counter(
+            f"{PREFIX}_kms_short_circuited",
+            "KMS calls refused at once, without a request, because KMS was found unavailable "
+            "less than KMS_FAIL_FAST_SECONDS ago (Decrypt only).",
+            ("operation",),
+            registry=registry,
+        )
+        for operation in self.SHORT_CIRCUITED_OPERATIONS:
+            self.short_circuits.labels(operation)
 
     def observe(self, operation: str, outcome: str, seconds: float) -> None:
         self.requests.labels(operation, outcome).inc()
         self.latency.labels(operation).observe(seconds)
+
+    def short_circuited(self, operation: str) -> None:
+        self.short_circuits.labels(operation).inc()
 
 
 class KeyCacheCollector(Collector):

@@ -187,6 +187,7 @@ def stats_response(
         kms_generate_data_key_calls=kms.count("GenerateDataKey"),
         kms_decrypt_calls=kms.count("Decrypt"),
         kms_errors=kms.errors,
+        kms_decrypt_short_circuited=kms.short_circuited,
         hot_cache_hits=keys.hot_hits,
         hot_cache_misses=keys.hot_misses,
         cold_cache_hits=keys.cold_hits,

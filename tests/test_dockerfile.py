@@ -29,7 +29,9 @@ class Stage:
 
 
 def parse_dockerfile(text: str) -> list[Stage]:
+    """The stages; a FROM's ``${ARG}`` is replaced by the default of an ARG declared before the first FROM."""
     stages: list[Stage] = []
+    global_args: dict[str, str] = {}
     logical = re.sub(r"\\\n", " ", text)
     for raw in logical.splitlines():
         line = raw.strip()
@@ -37,9 +39,13 @@ def parse_dockerfile(text: str) -> list[Stage]:
             continue
         keyword, _, arg = line.partition(" ")
         keyword, arg = keyword.upper(), " ".join(arg.split())
-        if keyword == "FROM":
+        if keyword == "ARG" and not stages:
+            name, _, default = arg.partition("=")
+            global_args[name] = default
+        elif keyword == "FROM":
             base, _, name = arg.partition(" AS ")
-            stages.append(Stage(base.strip(), name.strip() or None))
+            base = re.sub(r"\$\{(\w+)\}", lambda found: global_args[found.group(1)], base.strip())
+            stages.append(Stage(base, name.strip() or None))
         else:
             stages[-1].instructions.append((keyword, arg))
     return stages
@@ -65,6 +71,15 @@ def test_multi_stage_on_slim_python(stages):
     assert len(stages) >= 2
     assert stages[0].name == "build"
     assert all(stage.base == "python:3.11-slim" for stage in stages)
+
+
+def test_needs_no_image_but_the_base_which_a_build_arg_can_replace():
+    """A `# syntax=` directive makes BuildKit pull its frontend image from Docker Hub first: a build
+    against a mirror or an internal registry fails on it. The built-in frontend does RUN --mount."""
+    text = (ROOT / "Dockerfile").read_text()
+    assert not re.search(r"^#\s*syntax\s*=", text, re.MULTILINE | re.IGNORECASE)
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim$", text, re.MULTILINE)
+    assert re.findall(r"^FROM (\S+)", text, re.MULTILINE) == ["${PYTHON_IMAGE}", "${PYTHON_IMAGE}"]
 
 
 def test_build_stage_runs_the_same_install_and_proto_commands_as_make(stages):

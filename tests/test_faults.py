@@ -3,18 +3,24 @@ an outage seen from the UI, the fail-fast pause, and throttling under botocore's
 
 from __future__ import annotations
 
+import json
+import signal
 import time
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 import grpc
 import pytest
 from google.protobuf import json_format
+from prometheus_client.parser import text_string_to_metric_families
 
 from codec_grpc.v1 import codec_pb2 as pb
-from tests.conftest import RunningCodec, details
+from codec_grpc.v1 import codec_pb2_grpc
+from tests.conftest import REGION, RunningCodec, details
 from tests.gateway_support import Gateway, b64, plain_payload
 from tests.kms_proxy import KmsProxy
+from tests.server_process import ServerProcess
 
 Start = Callable[..., RunningCodec]
 
@@ -116,6 +122,68 @@ def test_uncached_decodes_fail_fast_after_kms_was_found_unavailable(
     kms_proxy.set()
     eventually(lambda: _decodes(reader, third))
     assert reader.app.provider.stats().short_circuited >= 1
+
+
+def test_short_circuited_decrypts_are_exported_to_prometheus_and_stats(
+    server_script_env: dict[str, str], codec_server: Start, make_key: Any, kms_proxy: KmsProxy
+):
+    """server.py as its own process, KMS dropping Decrypt connections: the first uncached decode asks
+    KMS and fails, the next two are refused without a request; /metrics and Stats count those two."""
+    alias = make_key()[0]
+    payloads = written_elsewhere(codec_server, alias, 3)
+    process = ServerProcess(
+        server_script_env
+        | {
+            "AWS_ENDPOINT_URL_KMS": kms_proxy.url,
+            "AWS_REGION": REGION,
+            "KMS_KEY_ALIAS": alias,
+            "GRPC_PORT": "0",
+            "METRICS_PORT": "0",
+            "GATEWAY_ENABLED": "false",
+            "LOG_FORMAT": "json",
+            "KMS_MAX_ATTEMPTS": "1",
+            "KMS_FAIL_FAST_SECONDS": "60",
+        }
+    )
+    try:
+        grpc_port = json.loads(process.wait_for_line('"event": "started"'))["grpc_port"]
+        metrics_port = json.loads(process.wait_for_line("metrics at http://"))["metrics_port"]
+
+        def scrape(name: str, **labels: str) -> float | None:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as answer:
+                text = answer.read().decode()
+            found = [
+                sample.value
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+                if sample.name == name and sample.labels == labels
+            ]
+            assert len(found) <= 1, found
+            return found[0] if found else None
+
+        short_circuited = "temporal_codec_kms_short_circuited_total"
+        assert scrape(short_circuited, operation="Decrypt") == 0  # the series exists before the first refusal
+        kms_proxy.set(mode="drop", operations={"Decrypt"})
+        asked = kms_proxy.seen("Decrypt")
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            stub = codec_pb2_grpc.CodecServiceStub(channel)
+            refusals = []
+            for payload in payloads:
+                with pytest.raises(grpc.RpcError) as caught:
+                    stub.Decode(pb.DecodeRequest(payloads=[payload]), timeout=30)
+                assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+                refusals.append(details(caught))
+            stats = stub.Stats(pb.StatsRequest(), timeout=10)
+        assert "cannot reach KMS" in refusals[0]
+        assert all("not tried, KMS was unavailable moments ago" in refusal for refusal in refusals[1:])
+        assert kms_proxy.seen("Decrypt") - asked == 1
+        assert scrape(short_circuited, operation="Decrypt") == 2
+        assert scrape("temporal_codec_kms_requests_total", operation="Decrypt", outcome="unavailable") == 1
+        assert (stats.kms_decrypt_short_circuited, stats.kms_decrypt_calls, stats.kms_errors) == (2, 1, 1)
+        process.proc.send_signal(signal.SIGTERM)
+        assert process.finish() == 0, "".join(process.lines)
+    finally:
+        process.kill()
 
 
 def _decodes(server: RunningCodec, payload: pb.Payload) -> bool:

@@ -118,8 +118,8 @@ class Clock:
 
 
 def test_decrypt_fails_fast_for_a_while_after_kms_was_unavailable() -> None:
-    client, clock = boto_kms(), Clock()
-    provider = KmsKeyProvider(client, fail_fast=5.0, clock=clock)
+    client, clock, refused = boto_kms(), Clock(), list[str]()
+    provider = KmsKeyProvider(client, fail_fast=5.0, clock=clock, short_circuit_observer=refused.append)
     arn = "arn:aws:kms:us-east-1:1:key/k"
     with Stubber(client) as stub:  # Stubber fails any request it was not given an answer for
         stub.add_client_error("decrypt", service_error_code="ThrottlingException")
@@ -139,11 +139,12 @@ def test_decrypt_fails_fast_for_a_while_after_kms_was_unavailable() -> None:
         assert provider.decrypt_data_key(b"blob", arn, None) == b"k" * 32
     stats = provider.stats()
     assert stats.short_circuited == 1 and stats.count("Decrypt") == 2
+    assert refused == ["Decrypt"]  # the hook metrics count with; told only of the refused call
 
 
 def test_a_success_ends_the_fail_fast_pause_and_generate_is_never_short_circuited() -> None:
-    client, clock = boto_kms(), Clock()
-    provider = KmsKeyProvider(client, fail_fast=60.0, clock=clock)
+    client, clock, refused = boto_kms(), Clock(), list[str]()
+    provider = KmsKeyProvider(client, fail_fast=60.0, clock=clock, short_circuit_observer=refused.append)
     arn = "arn:aws:kms:us-east-1:1:key/k"
     generated = {"Plaintext": b"k" * 32, "CiphertextBlob": b"blob", "KeyId": arn}
     with Stubber(client) as stub:
@@ -155,6 +156,7 @@ def test_a_success_ends_the_fail_fast_pause_and_generate_is_never_short_circuite
         provider.generate_data_key("alias/x", None)  # asked although Decrypt is paused; and it succeeds
         assert provider.decrypt_data_key(b"blob", arn, None) == b"k" * 32
         stub.assert_no_pending_responses()
+    assert refused == []
 
 
 @pytest.mark.parametrize("code", ["AccessDeniedException", "InvalidCiphertextException", "DisabledException"])

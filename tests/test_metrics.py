@@ -167,6 +167,20 @@ def test_kms_metrics_hook_counts_outcomes():
     )
 
 
+def test_kms_short_circuits_are_counted_by_operation_from_zero():
+    registry = CollectorRegistry()
+    kms = KmsMetrics(registry)
+    name, decrypt = "temporal_codec_kms_short_circuited_total", {"operation": "Decrypt"}
+    assert registry.get_sample_value(name, decrypt) == 0  # present before the first refusal
+    kms.short_circuited("Decrypt")
+    kms.short_circuited("Decrypt")
+    assert registry.get_sample_value(name, decrypt) == 2
+    assert registry.get_sample_value(name, {"operation": "GenerateDataKey"}) is None
+    # not KMS requests: neither counted nor timed as such
+    requests = [family for family in registry.collect() if family.name.startswith("temporal_codec_kms_request")]
+    assert len(requests) == 2 and all(family.samples == [] for family in requests)
+
+
 def test_key_cache_collector_reads_live_state_at_scrape_time():
     """The collector copies nothing: an expired key shows up at the next scrape."""
     current = CurrentKeyStats("alias/a", None, "arn:aws:kms:x", 10.0, 50.0, False, 7)

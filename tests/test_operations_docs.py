@@ -40,7 +40,51 @@ def exposed_metric_names() -> set[str]:
 def test_alert_rules_pass_promtool():
     result = subprocess.run(["promtool", "check", "rules", str(ALERTS)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 5 rules found" in result.stdout
+    assert "SUCCESS: 6 rules found" in result.stdout
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (apt-get install prometheus)")
+def test_fail_fast_alert_fires_only_on_refusals_that_go_on(tmp_path: Path):
+    """promtool's rule unit test: a pod refusing decodes for 20 minutes alerts; a burst of refusals that
+    stops (one short outage) and a pod that never refuses do not."""
+    name = "TemporalCodecKmsFailingFast"
+    series = "temporal_codec_kms_short_circuited_total{{namespace='temporal', pod='{}', operation='Decrypt'}}"
+    (rule,) = [rule for rule in yaml.safe_load(ALERTS.read_text())["groups"][0]["rules"] if rule["alert"] == name]
+    tests = {
+        "rule_files": [str(ALERTS)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {"series": series.format("refusing"), "values": "0+3x30"},
+                    {"series": series.format("burst"), "values": "0 40 40 40 40 40 40 40x25"},
+                    {"series": series.format("healthy"), "values": "0x30"},
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "5m", "alertname": name, "exp_alerts": []},
+                    {
+                        "eval_time": "20m",
+                        "alertname": name,
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {"severity": "warning", "namespace": "temporal", "pod": "refusing"},
+                                "exp_annotations": {
+                                    "summary": "Decodes refused without asking KMS for 10 minutes on refusing",
+                                    "description": rule["annotations"]["description"],
+                                },
+                            }
+                        ],
+                    },
+                ],
+            }
+        ],
+    }
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests))
+    result = subprocess.run(
+        ["promtool", "test", "rules", str(tmp_path / "tests.yaml")], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_alert_rules_use_only_metrics_the_service_exposes():
@@ -48,6 +92,7 @@ def test_alert_rules_use_only_metrics_the_service_exposes():
     rules = yaml.safe_load(ALERTS.read_text())["groups"][0]["rules"]
     assert {rule["alert"] for rule in rules} >= {
         "TemporalCodecKmsErrorRate",
+        "TemporalCodecKmsFailingFast",
         "TemporalCodecCurrentKeyExpired",
         "TemporalCodecHighLatency",
         "TemporalCodecDown",
