@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TS_CLIENT := clients/typescript
 TS_STAMP := $(if $(shell command -v npm 2>/dev/null),$(TS_CLIENT)/node_modules/.installed)
 
-.PHONY: install proto run test lint format clean bench bench-workers fuzz soak
+.PHONY: install proto run test lint format clean bench bench-instructions bench-workers fuzz soak
 
 install: $(STAMP) proto $(TS_STAMP)
 
@@ -37,6 +37,10 @@ test: install
 # A tool, not a test: BENCHMARKS.md records runs. BENCH_ARGS="--only gateway" runs one section.
 bench: install
 	$(BIN)/python -m tests.bench.run $(BENCH_ARGS)
+
+# Instructions per call under valgrind (tests/bench/instructions.py): repeatable where CPU time is noisy.
+bench-instructions: install
+	$(BIN)/python -m tests.bench.instructions $(BENCH_ARGS)
 
 # The property and fuzz tests with many more examples than `make test` gives them; ends by itself.
 FUZZ_EXAMPLES ?= 3000

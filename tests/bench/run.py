@@ -20,7 +20,7 @@ import platform
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,11 +80,13 @@ def rss_mib(pid: int) -> float:
 
 
 @contextmanager
-def process(args: list[str], env: dict[str, str], port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def process(
+    args: list[str], env: dict[str, str], port: int, log: Path, timeout: float = 30.0
+) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as out:
         proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
         try:
-            wait_for_port(port, proc=proc)
+            wait_for_port(port, timeout=timeout, proc=proc)
             yield proc
         finally:
             proc.terminate()
@@ -206,11 +208,17 @@ class Codec:
 
 
 def start_codec(
-    stack: ExitStack, workdir: Path, workers: int, metrics: bool = False, kms_of: Codec | None = None
+    stack: ExitStack,
+    workdir: Path,
+    workers: int,
+    metrics: bool = False,
+    kms_of: Codec | None = None,
+    launcher: Sequence[str] = (),
 ) -> Codec:
     """moto's KMS server with a master key (or ``kms_of``'s), then server.py (gateway off) against it.
 
     ``metrics``: METRICS_ENABLED, with the endpoint on a free loopback port (never scraped here).
+    ``launcher``: a command to run server.py under (valgrind, for tests/bench/instructions.py).
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     port = free_port()
@@ -247,7 +255,8 @@ def start_codec(
         "WORKERS": str(workers),
     }
     log = workdir / f"ours-{port}.log"
-    server = stack.enter_context(process([sys.executable, "server.py"], codec_env, port, log))
+    command = [*launcher, sys.executable, "server.py"]
+    server = stack.enter_context(process(command, codec_env, port, log, timeout=300 if launcher else 30))
     channel = stack.enter_context(grpc.insecure_channel(f"127.0.0.1:{port}"))
     return Codec(server.pid, port, codec_env, codec_pb2_grpc.CodecServiceStub(channel))
 
