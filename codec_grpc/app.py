@@ -67,6 +67,7 @@ class CodecApp:
     port: int
     registry: CollectorRegistry
     interceptor: ObservingInterceptor
+    grpc_metrics: GrpcMetrics  # also counts the payloads of server.py's in-process gateway
 
 
 def build_app(config: Config, client: Any, registry: CollectorRegistry | None = None) -> CodecApp:
@@ -89,7 +90,10 @@ def build_app(config: Config, client: Any, registry: CollectorRegistry | None = 
         credentials=grpc_server_credentials(config),
         reuse_port=config.workers > 1,
     )
-    interceptor = ObservingInterceptor(GrpcMetrics(registry), config.default_namespace)
+    grpc_metrics = GrpcMetrics(registry)
+    interceptor = ObservingInterceptor(grpc_metrics, config.default_namespace)
     health_servicer = ObservedHealthServicer(interceptor)
     server, port = create_server(servicer, options, health_servicer, observer=interceptor)
-    return CodecApp(config, provider, keys, codec, servicer, health_servicer, server, port, registry, interceptor)
+    return CodecApp(
+        config, provider, keys, codec, servicer, health_servicer, server, port, registry, interceptor, grpc_metrics
+    )
