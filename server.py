@@ -5,7 +5,8 @@ setting), builds the layers and serves until SIGTERM or SIGINT. A bad setting
 exits with status 2 and a one-line message naming it.
 
 The HTTP/JSON gateway for the Temporal UI and CLI runs next to it on PORT
-(GATEWAY_ENABLED), calling the gRPC server over localhost.
+(GATEWAY_ENABLED), calling the codec of this process directly, without a gRPC
+hop (codec_grpc.gateway_inprocess).
 
 Stopping: on SIGTERM or SIGINT health turns NOT_SERVING, the gateway finishes
 the HTTP requests in flight and stops, new gRPC calls are refused, calls in
@@ -32,7 +33,8 @@ from typing import Any
 from codec_grpc.app import CodecApp, build_app, kms_client
 from codec_grpc.config import Config, load_config
 from codec_grpc.errors import ConfigError
-from codec_grpc.gateway_server import GatewayThread, local_target
+from codec_grpc.gateway_inprocess import InProcessUpstream
+from codec_grpc.gateway_server import GatewayThread
 from codec_grpc.logs import configure_logging
 from codec_grpc.metrics import new_registry, start_metrics_server
 from codec_grpc.metrics_multiproc import (
@@ -235,11 +237,11 @@ def _serve(app: CodecApp, received: list[int]) -> int:
 
 
 def _start_gateway(app: CodecApp) -> GatewayThread | None:
-    """The HTTP gateway in front of the gRPC port just bound (None when GATEWAY_ENABLED is false)."""
+    """The HTTP gateway in front of this process's codec (None when GATEWAY_ENABLED is false)."""
     config = app.config
     if not config.gateway_enabled:
         return None
-    gateway = GatewayThread(config, local_target(config.grpc_host, app.port), app.registry)
+    gateway = GatewayThread(config, InProcessUpstream.from_app(app), app.registry)
     try:
         port = gateway.start()
     except ConfigError:

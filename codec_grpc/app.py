@@ -67,6 +67,8 @@ class CodecApp:
     port: int
     registry: CollectorRegistry
     interceptor: ObservingInterceptor
+    # Also counts the payloads of server.py's in-process gateway; None with METRICS_ENABLED=false.
+    grpc_metrics: GrpcMetrics | None
 
 
 def build_app(config: Config, client: Any, registry: CollectorRegistry | None = None) -> CodecApp:
@@ -100,4 +102,6 @@ def build_app(config: Config, client: Any, registry: CollectorRegistry | None = 
     interceptor = ObservingInterceptor(grpc_metrics, config.default_namespace)
     health_servicer = ObservedHealthServicer(interceptor)
     server, port = create_server(servicer, options, health_servicer, observer=interceptor)
-    return CodecApp(config, provider, keys, codec, servicer, health_servicer, server, port, registry, interceptor)
+    return CodecApp(
+        config, provider, keys, codec, servicer, health_servicer, server, port, registry, interceptor, grpc_metrics
+    )

@@ -116,7 +116,12 @@ class CurrentKeyCache:
         self.hits = 0
         self.misses = 0
 
-    def reserve(self, slot: tuple[str, str | None], count: int) -> Reservation:
+    def reserve_cached(self, slot: tuple[str, str | None], count: int) -> Reservation:
+        """Like :meth:`reserve`, except that a miss (``key`` None) is not counted: for a caller that
+        cannot wait for a new key and will ask again with :meth:`reserve`, which counts it then."""
+        return self.reserve(slot, count, count_miss=False)
+
+    def reserve(self, slot: tuple[str, str | None], count: int, *, count_miss: bool = True) -> Reservation:
         """Take ``count`` encryptions from the slot's key (see :class:`Reservation`)."""
         now = self._clock()
         with self._lock:
@@ -126,14 +131,14 @@ class CurrentKeyCache:
                 self.hits += 1
                 return entry.quiet
             if entry is None:
-                self.misses += 1
+                self.misses += count_miss
                 return Reservation(None, 0)
             replaced = None
             if entry.next is not None and not self._usable(entry, count, now, 0.0):
                 replaced = self._info(slot, entry, now)
                 self._promote(entry, now)
             if not self._usable(entry, count, now, self.grace if entry.outage else 0.0):
-                self.misses += 1
+                self.misses += count_miss
                 return Reservation(None, entry.generation)
             entry.encryptions += count
             self.hits += 1
@@ -250,6 +255,16 @@ class DecryptedKeyCache:
                 self.expirations += 1
             self.misses += 1
             return None
+
+    def touch(self, cache_key: Hashable) -> None:
+        """Count a hit and mark the entry recently used, as :meth:`get` does, when it is cached;
+        otherwise change nothing. For keys found earlier with :meth:`peek`."""
+        now = self._clock()
+        with self._lock:
+            found = self._entries.get(cache_key)
+            if found is not None and found[1] > now:
+                self._entries.move_to_end(cache_key)
+                self.hits += 1
 
     def peek(self, cache_key: Hashable) -> DataKey | None:
         """Like :meth:`get` without touching counters or recency."""

@@ -232,7 +232,12 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("LOG_LEVEL", "INFO", parse_choice("debug", "info", "warning", "error"), "log level"),
     # HTTP/JSON gateway for the Temporal Web UI and CLI (codec_grpc.gateway).
-    Setting("GATEWAY_ENABLED", "true", parse_bool, "serve the HTTP/JSON gateway next to the gRPC server"),
+    Setting(
+        "GATEWAY_ENABLED",
+        "true",
+        parse_bool,
+        "serve the HTTP/JSON gateway in the server process (it calls the codec directly)",
+    ),
     Setting("GATEWAY_HOST", "0.0.0.0", parse_key_id, "address the HTTP gateway listens on"),
     Setting("PORT", "8081", parse_int(0, 65535), "HTTP gateway port (0 picks a free port)"),
     Setting(
@@ -248,7 +253,10 @@ SETTINGS: tuple[Setting, ...] = (
         "largest HTTP request body accepted; larger ones get 413",
     ),
     Setting(
-        "GATEWAY_UPSTREAM_TIMEOUT", "30", parse_seconds(0.1, 3600), "seconds the gateway waits for the gRPC service"
+        "GATEWAY_UPSTREAM_TIMEOUT",
+        "30",
+        parse_seconds(0.1, 3600),
+        "seconds the gateway waits for the codec (the gRPC service, or in-process a call that waits for KMS)",
     ),
     Setting(
         "CORS_ALLOWED_ORIGINS",
@@ -297,20 +305,21 @@ SETTINGS: tuple[Setting, ...] = (
         "CODEC_GRPC_CA_FILE",
         "",
         parse_optional,
-        "PEM CA bundle that signed the gRPC server's certificate: the gateway then calls gRPC over TLS",
+        "PEM CA bundle that signed the gRPC server's certificate: the standalone gateway (codec-gateway) then "
+        "calls gRPC over TLS",
     ),
     Setting(
         "CODEC_GRPC_CLIENT_CERT_FILE",
         "",
         parse_optional,
-        "PEM client certificate the gateway presents to a gRPC server that requires one (mTLS)",
+        "PEM client certificate the standalone gateway presents to a gRPC server that requires one (mTLS)",
     ),
     Setting("CODEC_GRPC_CLIENT_KEY_FILE", "", parse_optional, "PEM private key of CODEC_GRPC_CLIENT_CERT_FILE"),
     Setting(
         "CODEC_GRPC_SERVER_NAME",
         "",
         parse_optional,
-        "name the gateway expects in the gRPC server's certificate (default: the host it connects to)",
+        "name the standalone gateway expects in the gRPC server's certificate (default: the host it connects to)",
     ),
 )
 
@@ -434,19 +443,7 @@ def _check_gateway_upstream_tls(config: Config) -> None:
     )
     if config.codec_grpc_client_cert_file and not config.codec_grpc_ca_file:
         raise ConfigError("CODEC_GRPC_CA_FILE", "must be set with CODEC_GRPC_CLIENT_CERT_FILE (mTLS is TLS first)")
-    if config.gateway_enabled and config.tls_cert_file and not config.codec_grpc_ca_file:
-        # The in-process gateway calls the gRPC port like any client: it must be able to verify it.
-        raise ConfigError(
-            "CODEC_GRPC_CA_FILE",
-            "must be set when TLS_CERT_FILE is set and GATEWAY_ENABLED is true: the CA that signed "
-            "TLS_CERT_FILE, so the in-process gateway can call the gRPC port (or set GATEWAY_ENABLED=false)",
-        )
-    if config.gateway_enabled and config.tls_client_ca_file and not config.codec_grpc_client_cert_file:
-        raise ConfigError(
-            "CODEC_GRPC_CLIENT_CERT_FILE",
-            "must be set when TLS_CLIENT_CA_FILE is set and GATEWAY_ENABLED is true: the gRPC port "
-            "requires a client certificate of the in-process gateway too",
-        )
+    # server.py's in-process gateway calls the codec directly: it needs none of these for the gRPC port's TLS.
 
 
 def _check_auth(config: Config) -> None:

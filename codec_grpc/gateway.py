@@ -1,14 +1,23 @@
 """HTTP/JSON transport: the codec-server protocol of the Temporal Web UI, CLI and Go SDK.
 
-A thin layer in front of the gRPC ``CodecService``: it parses proto3 JSON,
-checks the caller (CORS, optional bearer token), forwards over a ``grpc.aio``
-channel and maps gRPC status codes to HTTP statuses in :func:`http_error_for`,
-the one place that does so. Routes (any path prefix; the query string is ignored):
+A thin layer in front of ``CodecService``: it parses proto3 JSON, checks the
+caller (CORS, optional bearer token) and hands the serialized request to an
+:class:`Upstream`, one of two:
+
+* :class:`GrpcUpstream`: the gRPC service over a ``grpc.aio`` channel (the
+  standalone gateway, ``codec-gateway``, e.g. the Helm chart's sidecar);
+* ``codec_grpc.gateway_inprocess.InProcessUpstream``: the codec of the server
+  process the gateway runs in (``server.py``), called directly, no gRPC hop.
+
+Either way failures are gRPC status codes (the in-process one takes them from
+``codec_grpc.service.status_for``), mapped to HTTP statuses in
+:func:`http_error_for_status`, the one place that does so. Routes (any path
+prefix; the query string is ignored):
 
     POST …/encode, POST …/decode      {"payloads": [...]} in and out
     POST /{namespace}/encode|decode   namespace from the path when X-Namespace is absent
     POST …/download                   404: no external storage here
-    GET  /health                      200 only when the gRPC service answers SERVING
+    GET  /health                      200 only when the codec service is SERVING
     GET  /stats                       key-cache and KMS counters (never key material)
 
 ``python -m codec_grpc.gateway`` runs it as its own process (see
@@ -23,7 +32,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from aiohttp import web
@@ -75,8 +84,24 @@ class GatewaySettings:
         )
 
 
-class Upstream:
-    """The gRPC side: one ``grpc.aio`` channel; create it on the loop that serves the gateway."""
+class Upstream(Protocol):
+    """What the routes call; failures are raised as :class:`HttpError` (see :func:`http_error_for_status`)."""
+
+    async def call(self, method: str, request: bytes, timeout: float) -> bytes:
+        """``method`` ("Encode" or "Decode") on a serialized request; the serialized response."""
+        ...
+
+    async def health(self) -> str:
+        """The codec service's health status name: ``SERVING`` when it serves."""
+        ...
+
+    async def stats(self, namespace: str, timeout: float) -> codec_pb2.StatsResponse: ...
+
+    async def close(self) -> None: ...
+
+
+class GrpcUpstream:
+    """The gRPC service: one ``grpc.aio`` channel; create it on the loop that serves the gateway."""
 
     def __init__(
         self, target: str, credentials: grpc.ChannelCredentials | None = None, server_name: str | None = None
@@ -91,14 +116,38 @@ class Upstream:
             if credentials is None
             else grpc.aio.secure_channel(target, credentials, options=options)
         )
-        self.codec = codec_pb2_grpc.CodecServiceStub(self.channel)
-        self.health = health_pb2_grpc.HealthStub(self.channel)
+        self._codec = codec_pb2_grpc.CodecServiceStub(self.channel)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
         # Encode and Decode exchange serialized bytes: the gateway writes and reads them itself.
         service = codec_pb2.DESCRIPTOR.services_by_name["CodecService"].full_name
-        self.raw = {
-            action: self.channel.unary_unary(f"/{service}/{action.capitalize()}", None, None)
-            for action in ("encode", "decode")
+        self._raw = {
+            method: self.channel.unary_unary(f"/{service}/{method}", None, None) for method in ("Encode", "Decode")
         }
+
+    async def call(self, method: str, request: bytes, timeout: float) -> bytes:
+        try:
+            response: bytes = await self._raw[method](request, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise http_error_for(exc) from None
+        return response
+
+    async def health(self) -> str:
+        check = health_pb2.HealthCheckRequest(service="")
+        try:
+            answer = await self._health.Check(check, timeout=HEALTH_TIMEOUT_SECONDS)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("health check of the gRPC service failed: %s: %s", exc.code().name, exc.details())
+            return "UNREACHABLE"
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))
+
+    async def stats(self, namespace: str, timeout: float) -> codec_pb2.StatsResponse:
+        try:
+            answer: codec_pb2.StatsResponse = await self._codec.Stats(
+                codec_pb2.StatsRequest(namespace=namespace), timeout=timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise http_error_for(exc) from None
+        return answer
 
     async def close(self) -> None:
         await self.channel.close(grace=None)
@@ -121,8 +170,13 @@ _FAILED = (502, "the codec service failed; its log has the details")
 
 
 def http_error_for(error: grpc.aio.AioRpcError) -> HttpError:
-    """The HTTP answer for a failed gRPC call: the one place mapping gRPC codes to statuses."""
-    code, details = error.code(), error.details() or ""
+    """The HTTP answer for a failed gRPC call."""
+    return http_error_for_status(error.code(), error.details() or "")
+
+
+def http_error_for_status(code: grpc.StatusCode, details: str) -> HttpError:
+    """The HTTP answer for a failed call's status code and message: the one place mapping gRPC
+    codes to HTTP statuses, for both upstreams."""
     if code == grpc.StatusCode.UNAVAILABLE and "retry later" in details:
         return HttpError(503, details)  # KMS unavailable, as worded by our service
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details:
@@ -131,7 +185,7 @@ def http_error_for(error: grpc.aio.AioRpcError) -> HttpError:
     if code in _SHOWN:
         status, prefix = _SHOWN[code]
         return HttpError(status, prefix + details)
-    log.warning("gRPC upstream failed: %s: %s", code.name, details)
+    log.warning("the codec service failed: %s: %s", code.name, details)
     status, message = _HIDDEN.get(code, _FAILED)
     return HttpError(status, message)
 
@@ -257,14 +311,11 @@ class _Routes:
             request_wire = await _off_loop(len(body), request_bytes, body, namespace)
         except BodyError as exc:
             raise HttpError(400, str(exc)) from None
-        try:
-            response: bytes = await self._upstream.raw[action](request_wire, timeout=self._settings.upstream_timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise http_error_for(exc) from None
+        response = await self._upstream.call(action.capitalize(), request_wire, self._settings.upstream_timeout)
         try:
             answer = await _off_loop(len(body), response_json, response)
         except WireError as exc:
-            log.warning("malformed %s response from the gRPC service: %s", action, exc)
+            log.warning("malformed %s response from the codec service: %s", action, exc)
             raise HttpError(*_FAILED) from None
         return web.Response(body=answer, content_type="application/json")
 
@@ -306,24 +357,13 @@ class _Routes:
             raise too_large from None
 
     async def _health(self) -> web.Response:
-        check = health_pb2.HealthCheckRequest(service="")
-        try:
-            answer = await self._upstream.health.Check(check, timeout=HEALTH_TIMEOUT_SECONDS)
-            status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
-        except grpc.aio.AioRpcError as exc:
-            log.warning("health check of the gRPC service failed: %s: %s", exc.code().name, exc.details())
-            status = "UNREACHABLE"
+        status = await self._upstream.health()
         return web.json_response({"status": status}, status=200 if status == "SERVING" else 503)
 
     async def _stats(self, request: web.Request, segments: list[str]) -> web.Response:
         namespace = self._namespace(request, segments)
         await self._authorize(request, namespace)
-        try:
-            answer = await self._upstream.codec.Stats(
-                codec_pb2.StatsRequest(namespace=namespace), timeout=self._settings.upstream_timeout
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise http_error_for(exc) from None
+        answer = await self._upstream.stats(namespace, self._settings.upstream_timeout)
         return web.json_response(stats_json(answer))
 
 

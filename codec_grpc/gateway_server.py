@@ -1,7 +1,10 @@
 """Running the HTTP gateway: in its own process, or on a background thread of ``server.py``.
 
-* :func:`start_gateway` binds the aiohttp server (port 0 picks a free port) and
-  returns it with the bound port; tests use it through :class:`GatewayThread`.
+* :func:`start_gateway` binds the aiohttp server (port 0 picks a free port) in
+  front of an upstream, and returns it with the bound port; tests use it through
+  :class:`GatewayThread`. The upstream is a gRPC target (``host:port``) or an
+  :class:`~codec_grpc.gateway.Upstream` such as server.py's
+  ``codec_grpc.gateway_inprocess.InProcessUpstream``.
 * :class:`GatewayThread` gives the gateway an event loop of its own, so that the
   threaded gRPC server in ``server.py`` (and tests) can start and stop it.
 * :func:`main` is ``codec-gateway`` / ``python -m codec_grpc.gateway``: the
@@ -26,7 +29,7 @@ from prometheus_client import CollectorRegistry
 
 from codec_grpc.config import Config, load_config
 from codec_grpc.errors import ConfigError
-from codec_grpc.gateway import GatewaySettings, Upstream, create_app
+from codec_grpc.gateway import GatewaySettings, GrpcUpstream, Upstream, create_app
 from codec_grpc.gateway_auth import AuthSettings, TokenVerifier
 from codec_grpc.logs import configure_logging
 from codec_grpc.metrics import GatewayMetrics, new_registry, start_metrics_server
@@ -50,15 +53,6 @@ def token_verifier(config: Config) -> TokenVerifier | None:
     )
 
 
-def local_target(grpc_host: str, port: int) -> str:
-    """Where the in-process gateway reaches the gRPC server that listens on ``grpc_host:port``."""
-    if grpc_host in ("0.0.0.0", ""):
-        return f"127.0.0.1:{port}"
-    if grpc_host in ("::", "[::]"):
-        return f"[::1]:{port}"
-    return f"[{grpc_host}]:{port}" if ":" in grpc_host else f"{grpc_host}:{port}"
-
-
 @dataclass
 class RunningGateway:
     runner: web.AppRunner
@@ -70,14 +64,18 @@ class RunningGateway:
         await self.upstream.close()
 
 
-async def start_gateway(config: Config, target: str, registry: CollectorRegistry | None = None) -> RunningGateway:
-    """Serve the gateway on GATEWAY_HOST:PORT in front of the gRPC service at ``target``.
+async def start_gateway(
+    config: Config, upstream: str | Upstream, registry: CollectorRegistry | None = None
+) -> RunningGateway:
+    """Serve the gateway on GATEWAY_HOST:PORT in front of ``upstream``: the gRPC service at that
+    target, or the given upstream (the gateway closes it when it stops or fails to bind).
 
-    HTTPS when the gateway or gRPC TLS settings say so; TLS to ``target`` when
+    HTTPS when the gateway or gRPC TLS settings say so; TLS to a gRPC target when
     CODEC_GRPC_CA_FILE is set; request metrics into ``registry`` when given.
     """
-    ssl_context = gateway_ssl_context(config)
-    upstream = Upstream(target, gateway_upstream_credentials(config), config.codec_grpc_server_name)
+    ssl_context = gateway_ssl_context(config)  # a bad setting fails here, before anything is opened
+    if isinstance(upstream, str):
+        upstream = GrpcUpstream(upstream, gateway_upstream_credentials(config), config.codec_grpc_server_name)
     metrics = GatewayMetrics(registry) if registry is not None else None
     app = create_app(GatewaySettings.from_config(config), upstream, token_verifier(config), metrics)
     runner = web.AppRunner(app, handle_signals=False)
@@ -99,9 +97,9 @@ async def start_gateway(config: Config, target: str, registry: CollectorRegistry
 class GatewayThread:
     """The gateway on its own event loop in a daemon thread."""
 
-    def __init__(self, config: Config, target: str, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, config: Config, upstream: str | Upstream, registry: CollectorRegistry | None = None) -> None:
         self._config = config
-        self._target = target
+        self._upstream = upstream
         self._registry = registry
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -121,7 +119,7 @@ class GatewayThread:
         return self._gateway.port
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop accepting, finish the requests in flight, close the gRPC channel."""
+        """Stop accepting, finish the requests in flight, close the upstream."""
         if self._gateway is not None and self._thread.is_alive():
             asyncio.run_coroutine_threadsafe(self._gateway.stop(), self._loop).result(timeout)
             self._loop.call_soon_threadsafe(self._loop.stop)
@@ -131,7 +129,9 @@ class GatewayThread:
         asyncio.set_event_loop(self._loop)
         try:
             try:
-                self._gateway = self._loop.run_until_complete(start_gateway(self._config, self._target, self._registry))
+                self._gateway = self._loop.run_until_complete(
+                    start_gateway(self._config, self._upstream, self._registry)
+                )
             except BaseException as exc:
                 self._error = exc
                 return

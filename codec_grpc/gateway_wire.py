@@ -33,6 +33,22 @@ from codec_grpc.v1 import codec_pb2
 _SIMPLE_PAYLOAD = frozenset({"metadata", "data"})
 _METADATA_TAG, _DATA_TAG = 0x0A, 0x12  # fields 1 and 2, length-delimited (as are a map entry's key, value)
 
+# Metadata entries repeat within a batch and across calls (the envelope of one data key, for hours;
+# "encoding": "json/plain"): each is converted once, then looked up. Bounded: small entries only,
+# and the whole memo is dropped when full. Both JSON and wire forms are deterministic functions of
+# the entry, so a stale or concurrent memo cannot change an answer.
+_MEMO_ENTRIES = 4096
+_MEMO_ENTRY_BYTES = 1024
+_request_entries: dict[tuple[str, str], bytes] = {}
+_response_members: dict[bytes, tuple[str, bytes]] = {}
+
+
+def _remember(memo: dict[Any, Any], key: Any, value: Any, size: int) -> None:
+    if size <= _MEMO_ENTRY_BYTES:
+        if len(memo) >= _MEMO_ENTRIES:
+            memo.clear()
+        memo[key] = value
+
 
 def request_bytes(body: bytes, namespace: str) -> bytes:
     """The serialized Encode/Decode request (their shapes are the same) for a JSON body.
@@ -62,28 +78,29 @@ def _simple_payloads(document: Any) -> list[bytes] | None:
     if type(document) is not dict or document.keys() != {"payloads"} or type(document["payloads"]) is not list:
         return None
     fields = []
-    entries: dict[tuple[str, str], bytes] = {}  # metadata entries repeat across a batch: each is checked once
     for payload in document["payloads"]:
         if type(payload) is not dict or not payload.keys() <= _SIMPLE_PAYLOAD:
             return None
-        serialized = _simple_payload(payload.get("metadata", {}), payload.get("data", ""), entries)
+        serialized = _simple_payload(payload.get("metadata", {}), payload.get("data", ""))
         if serialized is None:
             return None
         fields.append(wire.field(1, serialized))
     return fields
 
 
-def _simple_payload(metadata: Any, data: Any, entries: dict[tuple[str, str], bytes]) -> bytes | None:
+def _simple_payload(metadata: Any, data: Any) -> bytes | None:
     if type(metadata) is not dict or type(data) is not str:
         return None
     parts = []
     for item in metadata.items():
         if type(item[1]) is not str:
             return None
-        entry = entries.get(item) or _metadata_entry(*item)
+        entry = _request_entries.get(item)
         if entry is None:
-            return None
-        entries[item] = entry
+            entry = _metadata_entry(*item)
+            if entry is None:
+                return None
+            _remember(_request_entries, item, entry, len(entry))
         parts.append(entry)
     raw = _canonical_base64(data)
     if raw is None:
@@ -131,13 +148,12 @@ def response_json(response: bytes) -> bytes:
 
 def payloads_document(payloads: Sequence[bytes]) -> bytes:
     """``{"payloads": [...]}`` written directly: base64 needs no JSON escaping, and the
-    metadata entries of a batch repeat (one data key encrypts them all), so each
-    distinct entry is rendered once per call."""
-    rendered: dict[bytes, tuple[str, bytes]] = {}
-    return b'{"payloads":[' + b",".join(_payload_json(payload, rendered) for payload in payloads) + b"]}"
+    metadata entries repeat (one data key encrypts a whole batch, and many batches), so
+    each distinct entry is rendered once and remembered."""
+    return b'{"payloads":[' + b",".join(_payload_json(payload) for payload in payloads) + b"]}"
 
 
-def _payload_json(raw: bytes, rendered: dict[bytes, tuple[str, bytes]]) -> bytes:
+def _payload_json(raw: bytes) -> bytes:
     """The protojson object of one serialized payload, as ``json_format.MessageToDict`` has it;
     fields 1 and 2 are read here, anything else goes to json_format."""
     metadata: dict[str, bytes] = {}
@@ -155,10 +171,12 @@ def _payload_json(raw: bytes, rendered: dict[bytes, tuple[str, bytes]]) -> bytes
             data = raw[pos:stop]
         else:
             entry = raw[pos:stop]
-            member = rendered.get(entry) or _metadata_member(entry)
+            member = _response_members.get(entry)
             if member is None:
-                return _reference_payload_json(raw)
-            rendered[entry] = member
+                member = _metadata_member(entry)
+                if member is None:
+                    return _reference_payload_json(raw)
+                _remember(_response_members, entry, member, len(entry))
             metadata[member[0]] = member[1]  # a repeated key: the last one wins, as in protobuf
         pos = stop
     members = []

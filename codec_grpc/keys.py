@@ -12,7 +12,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -144,6 +144,34 @@ class KeyManager:
         if key is not None:
             return key
         return self._unwrapping.do(cache_key, lambda: self._unwrap(key_arn, encrypted_key, binding))
+
+    def cached_encryption_key(self, namespace: str, binding: str | None, count: int) -> DataKey | None:
+        """Like :meth:`encryption_key` without ever calling KMS or waiting for a call: the current key,
+        reserved for ``count`` uses, or None when a new key would be needed. None reserves nothing and
+        counts no miss: the caller asks :meth:`encryption_key` next, which counts it."""
+        if count > self.policy.max_encryptions:
+            return self.encryption_key(namespace, binding, count)  # raises RequestTooLargeError, no KMS
+        slot = (self.policy.alias_for(namespace), binding)
+        reserved = self._current.reserve_cached(slot, count)
+        if reserved.key is None:
+            return None
+        if reserved.replaced is not None:
+            _log_rotation(slot, reserved.key.key_id, reserved.replaced)
+        if reserved.refresh:
+            self._refresh_ahead(slot)  # starts a thread: does not wait for KMS
+        return reserved.key
+
+    def cached_decryption_key(self, key_arn: str, encrypted_key: bytes, binding: str | None) -> DataKey | None:
+        """Like :meth:`decryption_key` without ever calling KMS or waiting for a call: None when the key
+        is not cached. Counts nothing: a call that will not be redone through :meth:`decryption_key`
+        reports the keys it found with :meth:`count_cached_hits`."""
+        return self._decrypted.peek((key_arn, encrypted_key, binding))
+
+    def count_cached_hits(self, found: Iterable[tuple[str, bytes, str | None]]) -> None:
+        """Count as cache hits (and as recently used) the keys :meth:`cached_decryption_key` found,
+        given as its arguments."""
+        for wrapped in found:
+            self._decrypted.touch(wrapped)
 
     def stats(self) -> KeyStats:
         current = self._current.describe()

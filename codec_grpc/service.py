@@ -93,34 +93,51 @@ class CodecServicer:
 
     def Stats(self, request: bytes, context: grpc.ServicerContext) -> codec_pb2.StatsResponse:
         try:
-            return self._stats(self._namespace(_stats_request(request).namespace, context))
+            return self.stats(self._namespace(_stats_request(request).namespace, context))
         except Exception as exc:
             self._refuse(exc, context)
+
+    def call_serialized(self, method: str, request: bytes, codec: EnvelopeCodec | None = None) -> tuple[bytes, int]:
+        """``Encode`` or ``Decode`` outside gRPC (server.py's in-process HTTP gateway): the same checks
+        as the gRPC handlers, with ``codec`` (default: the service's). Returns the serialized response
+        and its payload count; raises the service's errors (:func:`status_for` maps them)."""
+        operation = self._encode if method == "Encode" else self._decode
+        payloads, namespace = self._split(request, None)
+        return wire.join_response(operation(payloads, namespace, request, codec)), len(payloads)
 
     def _serialized(
         self, operation: Callable[[list[bytes], str, bytes], list[bytes]], request: bytes, context: grpc.ServicerContext
     ) -> bytes:
-        try:
-            payloads, namespace = wire.split_request(request)
-        except wire.WireError as exc:
-            raise errors.RequestError(f"malformed request: {exc}") from None
-        self._check_count(len(payloads))
-        namespace = self._namespace(namespace, context)
+        payloads, namespace = self._split(request, context)
         note = note_call(len(payloads), namespace, len(request))
         response = wire.join_response(operation(payloads, namespace, request))
         note.sent = len(response)
         return response
 
-    def _encode(self, payloads: list[bytes], namespace: str, request: bytes) -> list[bytes]:
+    def _encode(
+        self, payloads: list[bytes], namespace: str, request: bytes, codec: EnvelopeCodec | None = None
+    ) -> list[bytes]:
         # One parse of the whole request checks every payload; when it fails, the codec's own
         # check (payload by payload) names the payload at fault.
         checked = _parses(codec_pb2.EncodeRequest, request)
-        return self._codec.encode_serialized(payloads, namespace, checked=checked)
+        return (codec or self._codec).encode_serialized(payloads, namespace, checked=checked)
 
-    def _decode(self, payloads: list[bytes], namespace: str, request: bytes) -> list[bytes]:
-        return self._codec.decode_serialized(payloads, namespace)  # parses every payload anyway
+    def _decode(
+        self, payloads: list[bytes], namespace: str, request: bytes, codec: EnvelopeCodec | None = None
+    ) -> list[bytes]:
+        return (codec or self._codec).decode_serialized(payloads, namespace)  # parses every payload anyway
 
-    def _stats(self, namespace: str) -> codec_pb2.StatsResponse:
+    def _split(self, request: bytes, context: grpc.ServicerContext | None) -> tuple[list[bytes], str]:
+        """A serialized Encode/Decode request's payloads and namespace, checked against the limits."""
+        try:
+            payloads, namespace = wire.split_request(request)
+        except wire.WireError as exc:
+            raise errors.RequestError(f"malformed request: {exc}") from None
+        self._check_count(len(payloads))
+        return payloads, self._namespace(namespace, context)
+
+    def stats(self, namespace: str) -> codec_pb2.StatsResponse:
+        """The Stats answer for a valid namespace."""
         slot = (self._keys.policy.alias_for(namespace), namespace if self._codec.bind_namespace else None)
         return stats_response(namespace, self._keys.stats(), self._kms_stats(), slot)
 
@@ -131,8 +148,8 @@ class CodecServicer:
                 "(MAX_PAYLOADS_PER_REQUEST): split the batch"
             )
 
-    def _namespace(self, requested: str, context: grpc.ServicerContext) -> str:
-        if not requested:
+    def _namespace(self, requested: str, context: grpc.ServicerContext | None) -> str:
+        if not requested and context is not None:
             for name, value in context.invocation_metadata():
                 if name == NAMESPACE_HEADER and isinstance(value, str):
                     requested = value

@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -75,14 +76,17 @@ def kms_endpoint() -> Iterator[str]:
 
 @dataclass
 class KmsSends:
-    """HTTP requests boto3 sent to KMS, by operation (counted on the wire path)."""
+    """HTTP requests boto3 sent to KMS, by operation (counted on the wire path), and the threads
+    that sent them."""
 
     counts: Counter[str] = field(default_factory=Counter)
+    threads: list[str] = field(default_factory=list)
 
     def __call__(self, request: Any, **_: Any) -> None:
         target = request.headers.get("X-Amz-Target", b"")
         name = target.decode() if isinstance(target, bytes) else str(target)
         self.counts[name.rpartition(".")[2]] += 1
+        self.threads.append(threading.current_thread().name)
 
     def __getitem__(self, operation: str) -> int:
         return self.counts[operation]

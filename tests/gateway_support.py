@@ -1,5 +1,10 @@
 """Helpers for the gateway tests: the real HTTP gateway on 127.0.0.1 port 0 in front of a real
-gRPC codec server, and a small HTTP client that shows every status and header."""
+codec server, and a small HTTP client that shows every status and header.
+
+The gateway fixtures run each test twice, once per upstream (``upstream_mode``): ``in-process``
+(the server's own codec, as server.py runs it) and ``grpc`` (over a real gRPC channel, as the
+standalone ``codec-gateway`` runs it). A test for one of them only says so with
+``@pytest.mark.parametrize("upstream_mode", ["grpc"])``."""
 
 from __future__ import annotations
 
@@ -12,9 +17,11 @@ from typing import Any
 
 import pytest
 
+from codec_grpc.gateway_inprocess import InProcessUpstream
 from codec_grpc.gateway_server import GatewayThread
 
 UI_ORIGIN = "http://ui.example.test:8080"
+UPSTREAM_MODES = ("in-process", "grpc")
 
 
 def b64(text: str | bytes) -> str:
@@ -51,6 +58,7 @@ class Gateway:
     codec: Any  # conftest.RunningCodec
     alias: str
     arn: str
+    in_process: InProcessUpstream | None = None  # None: the gateway calls gRPC
 
     def request(
         self,
@@ -99,18 +107,30 @@ def assert_no_grant(reply: Reply) -> None:
     assert "access-control-allow-credentials" not in reply.headers
 
 
+@pytest.fixture(params=UPSTREAM_MODES)
+def upstream_mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def start_gateway(codec_server: Callable[..., Any], make_key: Callable[..., tuple[str, str]]) -> Iterator[Any]:
-    """``start_gateway(**settings)``: a codec server with a fresh KMS key and the gateway in front."""
+def start_gateway(
+    codec_server: Callable[..., Any], make_key: Callable[..., tuple[str, str]], upstream_mode: str
+) -> Iterator[Any]:
+    """``start_gateway(**settings)``: a codec server with a fresh KMS key and the gateway in front,
+    calling it in-process or over gRPC (``upstream_mode``); ``target`` sends the gRPC calls elsewhere."""
     threads: list[GatewayThread] = []
 
     def start(target: str | None = None, **settings: Any) -> Gateway:
         alias, arn = make_key()
         settings = {"KMS_KEY_ALIAS": alias, "CORS_ALLOWED_ORIGINS": UI_ORIGIN, **settings}
         running = codec_server(PORT=0, GATEWAY_HOST="127.0.0.1", **settings)
-        thread = GatewayThread(running.app.config, target or running.target)
+        in_process = None
+        if upstream_mode == "in-process":
+            assert target is None, "a gRPC target needs upstream_mode 'grpc'"
+            in_process = InProcessUpstream.from_app(running.app)
+        thread = GatewayThread(running.app.config, in_process or target or running.target)
         threads.append(thread)
-        return Gateway(thread.start(), running, alias, arn)
+        return Gateway(thread.start(), running, alias, arn, in_process)
 
     yield start
     for thread in threads:

@@ -239,6 +239,7 @@ def test_health_follows_the_grpc_health_service(gateway: Gateway) -> None:
     assert (reply.status, reply.json()) == (503, {"status": "NOT_SERVING"})
 
 
+@pytest.mark.parametrize("upstream_mode", ["grpc"])
 def test_grpc_side_down_is_503_without_details(start_gateway) -> None:
     from tests.conftest import free_port
 

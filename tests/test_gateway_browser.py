@@ -142,6 +142,7 @@ def run_page(chromium: str, url: str, page: PageOrigin) -> dict[str, Any]:
     return page.result
 
 
+@pytest.mark.parametrize("upstream_mode", ["in-process"])  # CORS is the HTTP side's: one upstream is enough
 def test_browser_on_another_origin_encodes_and_decodes_with_credentials(start_gateway, chromium: str) -> None:
     with PageOrigin() as page:
         gateway: Gateway = start_gateway(CORS_ALLOWED_ORIGINS=f"http://127.0.0.1:{page.port}")
@@ -159,6 +160,7 @@ def test_browser_on_another_origin_encodes_and_decodes_with_credentials(start_ga
     }
 
 
+@pytest.mark.parametrize("upstream_mode", ["in-process"])  # CORS is the HTTP side's: one upstream is enough
 def test_browser_on_an_unlisted_origin_is_refused(start_gateway, chromium: str) -> None:
     with PageOrigin() as page:
         gateway: Gateway = start_gateway(CORS_ALLOWED_ORIGINS="http://127.0.0.1:1")

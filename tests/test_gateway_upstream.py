@@ -48,6 +48,7 @@ def test_batch_over_the_grpc_message_limit_is_413(start_gateway) -> None:
     assert_cors(reply)
 
 
+@pytest.mark.parametrize("upstream_mode", ["grpc"])
 def test_slow_upstream_is_504(start_gateway, misbehaving) -> None:
     target, _ = misbehaving
     gateway = start_gateway(target=target, GATEWAY_UPSTREAM_TIMEOUT=0.3)
@@ -57,6 +58,7 @@ def test_slow_upstream_is_504(start_gateway, misbehaving) -> None:
     assert_cors(reply)
 
 
+@pytest.mark.parametrize("upstream_mode", ["grpc"])
 def test_failing_upstream_is_502_without_details(start_gateway, misbehaving) -> None:
     target, _ = misbehaving
     gateway = start_gateway(target=target)
@@ -67,6 +69,7 @@ def test_failing_upstream_is_502_without_details(start_gateway, misbehaving) -> 
     assert_cors(reply)
 
 
+@pytest.mark.parametrize("upstream_mode", ["grpc"])
 def test_malformed_answer_from_upstream_is_502(start_gateway) -> None:
     # A field that runs past the end of the response: no valid CodecService answer looks like this.
     handler = grpc.method_handlers_generic_handler(

@@ -431,3 +431,65 @@ def test_reservations_follow_the_documented_rules(steps: list[tuple[str, float]]
             assert answer.generation == model.generation
             assert answer.refresh == ((age >= max_age - lead or model.uses >= limit / 2) and model.next is None)
             assert answer.overdue == (age >= max_age)
+
+
+def test_cached_encryption_key_never_calls_kms_and_a_miss_costs_nothing(
+    provider: FakeProvider, clock: FakeClock
+) -> None:
+    keys = manager(provider, clock, spawn=lambda task: None, rotation_interval=60, max_encryptions=10)  # no next key
+    assert keys.cached_encryption_key("ns", "ns", 1) is None  # nothing cached: no KMS call, no miss counted
+    assert provider.calls["GenerateDataKey"] == 0
+    assert (keys.stats().hot_hits, keys.stats().hot_misses) == (0, 0)
+    first = keys.encryption_key("ns", "ns", 2)  # the caller's redo: counted as the one miss (then a hit)
+    assert (keys.stats().hot_hits, keys.stats().hot_misses) == (1, 1)
+    assert keys.cached_encryption_key("ns", "ns", 3) is first
+    info = keys.stats().current_keys[0]
+    assert (info.encryptions, keys.stats().hot_hits, keys.stats().hot_misses) == (5, 2, 1)
+    # A batch the key cannot take any more: None, and nothing reserved or counted.
+    assert keys.cached_encryption_key("ns", "ns", 6) is None
+    assert (keys.stats().current_keys[0].encryptions, keys.stats().hot_misses) == (5, 1)
+    assert provider.calls["GenerateDataKey"] == 1
+    with pytest.raises(errors.RequestTooLargeError, match="DATA_KEY_MAX_ENCRYPTIONS"):
+        keys.cached_encryption_key("ns", "ns", 11)
+    clock.advance(61)  # retired by age: a new key needs KMS
+    assert keys.cached_encryption_key("ns", "ns", 1) is None
+    assert keys.stats().hot_misses == 1
+
+
+def test_cached_encryption_key_takes_a_next_key_fetched_ahead(provider: FakeProvider, clock: FakeClock) -> None:
+    keys = manager(provider, clock, rotation_interval=60)
+    first = keys.encryption_key("ns", "ns", 1)
+    clock.advance(31)
+    assert keys.cached_encryption_key("ns", "ns", 1) is first  # past halfway: the next key is fetched (inline)
+    assert provider.calls["GenerateDataKey"] == 2
+    clock.advance(30)
+    second = keys.cached_encryption_key("ns", "ns", 1)  # rotation: the next key serves, no KMS call
+    assert second is not None and second is not first
+    assert provider.calls["GenerateDataKey"] == 2
+
+
+def test_cached_decryption_key_counts_nothing_until_its_hits_are_reported(
+    provider: FakeProvider, clock: FakeClock
+) -> None:
+    writer = manager(FakeProvider(), clock)
+    written = [writer.encryption_key("ns", "ns", 1)]
+    clock.advance(3601)
+    written.append(writer.encryption_key("ns", "ns", 1))
+    keys = manager(provider, clock, cache_ttl=100, cache_capacity=2)
+    first, second = [(key.key_id, key.encrypted_key, "ns") for key in written]
+    assert keys.cached_decryption_key(*first) is None
+    assert (provider.calls["Decrypt"], keys.stats().cold_misses, keys.stats().cold_hits) == (0, 0, 0)
+    unwrapped = keys.decryption_key(*first)
+    keys.decryption_key(*second)
+    assert (provider.calls["Decrypt"], keys.stats().cold_misses) == (2, 2)
+    assert keys.cached_decryption_key(*first) is unwrapped
+    assert keys.stats().cold_hits == 0
+    keys.count_cached_hits([first])  # a hit, and the most recently used: the next key evicts the second
+    assert keys.stats().cold_hits == 1
+    keys.decryption_key(written[0].key_id, b"|".join([b"alias/default", b"ns", b"99"]), "ns")
+    assert keys.cached_decryption_key(*first) is unwrapped
+    assert keys.cached_decryption_key(*second) is None
+    clock.advance(101)  # expired: None; an expired key reported as found counts nothing
+    assert keys.cached_decryption_key(*first) is None
+    keys.count_cached_hits([first])
+    assert (keys.stats().cold_hits, keys.stats().cold_misses) == (1, 3)

@@ -231,14 +231,16 @@ def test_a_failing_metric_never_fails_the_call(codec_server, make_key, monkeypat
 
 
 def test_in_process_gateway_counts_http_requests_by_route_and_status(codec_server, make_key):
-    """The gateway's requests land in the server's registry, served on METRICS_PORT with the rest."""
+    """The gateway's requests land in the server's registry, served on METRICS_PORT with the rest;
+    its codec calls count payloads and bytes, but no gRPC call."""
     import http.client
     import json
 
+    from codec_grpc.gateway_inprocess import InProcessUpstream
     from codec_grpc.gateway_server import GatewayThread
 
     running = codec_server(KMS_KEY_ALIAS=make_key()[0], PORT=0, GATEWAY_HOST="127.0.0.1")
-    gateway = GatewayThread(running.app.config, running.target, running.app.registry)
+    gateway = GatewayThread(running.app.config, InProcessUpstream.from_app(running.app), running.app.registry)
     port = gateway.start()
     body = json.dumps({"payloads": [{"metadata": {"encoding": "anNvbi9wbGFpbg=="}, "data": "IjEi"}]})
     try:
@@ -264,6 +266,9 @@ def test_in_process_gateway_counts_http_requests_by_route_and_status(codec_serve
     assert value(found, requests, route="health", method="GET", status="200") == 1
     assert value(found, requests, route="other", method="GET", status="404") == 1
     assert value(found, "temporal_codec_http_request_duration_seconds_count", route="encode", method="POST") == 2
+    assert value(found, "temporal_codec_payloads_total", grpc_method="Encode") == 2
+    assert value(found, "temporal_codec_payload_bytes_total", grpc_method="Encode", direction="sent") > 0
+    assert not [name for name, _ in found if name.startswith("grpc_server_")]
 
 
 def test_with_metrics_disabled_calls_are_not_counted_but_still_logged(codec_server, make_key, caplog):

@@ -28,7 +28,7 @@ from codec_grpc.errors import ConfigError
 from codec_grpc.gateway_server import GatewayThread
 from codec_grpc.tls import gateway_ssl_context, grpc_server_credentials
 from codec_grpc.v1 import codec_pb2, codec_pb2_grpc
-from tests.conftest import codec_env
+from tests.conftest import codec_env, free_port, wait_for_port
 from tests.server_process import SERVER
 
 
@@ -126,30 +126,27 @@ def refused(channel: grpc.Channel) -> grpc.StatusCode:
 
 
 def tls_settings(pki, *, mtls: bool = False) -> dict[str, str]:
-    """TLS on the gRPC port, and what the in-process gateway needs to call it."""
-    settings = {
-        "TLS_CERT_FILE": str(pki["server"].cert),
-        "TLS_KEY_FILE": str(pki["server"].key),
-        "CODEC_GRPC_CA_FILE": str(pki["ca"].path),
-    }
+    """TLS on the gRPC port (and client certificates required with ``mtls``)."""
+    settings = {"TLS_CERT_FILE": str(pki["server"].cert), "TLS_KEY_FILE": str(pki["server"].key)}
     if mtls:
         settings["TLS_CLIENT_CA_FILE"] = str(pki["ca"].path)
+    return settings
+
+
+def grpc_client_settings(pki, *, mtls: bool = False) -> dict[str, str]:
+    """What a gateway that calls the gRPC port (the standalone one) needs to do so over TLS."""
+    settings = {"CODEC_GRPC_CA_FILE": str(pki["ca"].path)}
+    if mtls:
         settings["CODEC_GRPC_CLIENT_CERT_FILE"] = str(pki["client"].cert)
         settings["CODEC_GRPC_CLIENT_KEY_FILE"] = str(pki["client"].key)
     return settings
 
 
-@pytest.mark.parametrize("mtls", [False, True])
-def test_gateway_serves_https_and_calls_grpc_over_tls(codec_server, make_key, pki, mtls):
-    """The in-process gateway over HTTPS, in front of a gRPC port that requires TLS (and client certs)."""
-    alias, _ = make_key()
-    running = codec_server(KMS_KEY_ALIAS=alias, PORT=0, GATEWAY_HOST="127.0.0.1", **tls_settings(pki, mtls=mtls))
-    gateway = GatewayThread(running.app.config, f"127.0.0.1:{running.app.port}")
-    port = gateway.start()
+def encode_and_decode_over_https(port: int, ca: Authority) -> None:
+    context = ssl.create_default_context(cafile=str(ca.path))
+    body = json.dumps({"payloads": [{"metadata": {"encoding": "anNvbi9wbGFpbg=="}, "data": "IjEi"}]})
+    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
     try:
-        context = ssl.create_default_context(cafile=str(pki["ca"].path))
-        body = json.dumps({"payloads": [{"metadata": {"encoding": "anNvbi9wbGFpbg=="}, "data": "IjEi"}]})
-        connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
         connection.request("POST", "/encode", body=body, headers={"Content-Type": "application/json"})
         encoded = connection.getresponse()
         assert encoded.status == 200
@@ -162,19 +159,47 @@ def test_gateway_serves_https_and_calls_grpc_over_tls(codec_server, make_key, pk
         assert json.loads(decoded.read())["payloads"][0]["data"] == "IjEi"
         connection.request("GET", "/health")
         assert connection.getresponse().status == 200
+    finally:
         connection.close()
+
+
+@pytest.mark.parametrize("mtls", [False, True])
+def test_gateway_over_https_calls_grpc_over_tls(codec_server, make_key, pki, mtls):
+    """The standalone gateway's way: HTTPS in front of a gRPC port that requires TLS (and client certs)."""
+    alias, _ = make_key()
+    settings = tls_settings(pki, mtls=mtls) | grpc_client_settings(pki, mtls=mtls)
+    running = codec_server(KMS_KEY_ALIAS=alias, PORT=0, GATEWAY_HOST="127.0.0.1", **settings)
+    gateway = GatewayThread(running.app.config, f"127.0.0.1:{running.app.port}")
+    try:
+        encode_and_decode_over_https(gateway.start(), pki["ca"])
     finally:
         gateway.stop()
 
 
-def test_in_process_gateway_needs_the_ca_of_a_tls_grpc_port(kms_endpoint, pki):
-    settings = {"TLS_CERT_FILE": str(pki["server"].cert), "TLS_KEY_FILE": str(pki["server"].key)}
-    with pytest.raises(ConfigError, match="^CODEC_GRPC_CA_FILE: must be set when TLS_CERT_FILE is set"):
-        load_config(codec_env(kms_endpoint, **settings))
-    assert load_config(codec_env(kms_endpoint, GATEWAY_ENABLED="false", **settings)).tls_cert_file
-    mtls = tls_settings(pki) | {"TLS_CLIENT_CA_FILE": str(pki["ca"].path)}
-    with pytest.raises(ConfigError, match="^CODEC_GRPC_CLIENT_CERT_FILE: must be set when TLS_CLIENT_CA_FILE"):
-        load_config(codec_env(kms_endpoint, **mtls))
+def test_in_process_gateway_needs_no_grpc_client_settings(kms_endpoint, pki):
+    """server.py's gateway calls the codec directly: gRPC TLS and mTLS ask nothing of it."""
+    config = load_config(codec_env(kms_endpoint, **tls_settings(pki, mtls=True)))
+    assert config.gateway_enabled and config.tls_client_ca_file and not config.codec_grpc_ca_file
+    # Half-configured client settings (for the standalone gateway) are still refused.
+    with pytest.raises(ConfigError, match="^CODEC_GRPC_CA_FILE: must be set with CODEC_GRPC_CLIENT_CERT_FILE"):
+        load_config(codec_env(kms_endpoint, CODEC_GRPC_CLIENT_CERT_FILE="/c.pem", CODEC_GRPC_CLIENT_KEY_FILE="/k.pem"))
+
+
+def test_server_py_gateway_serves_https_in_front_of_an_mtls_grpc_port(server_script_env, kms_endpoint, make_key, pki):
+    """The real server.py: mTLS on gRPC, HTTPS on the gateway with the same pair, no CODEC_GRPC_* at all."""
+    alias, _ = make_key()
+    http_port = free_port()
+    env = server_script_env | codec_env(
+        kms_endpoint, KMS_KEY_ALIAS=alias, PORT=http_port, GATEWAY_HOST="127.0.0.1", **tls_settings(pki, mtls=True)
+    )
+    server = subprocess.Popen([sys.executable, str(SERVER)], env=env, stderr=subprocess.PIPE)
+    try:
+        wait_for_port(http_port, proc=server)
+        encode_and_decode_over_https(http_port, pki["ca"])
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=60)
+    assert server.returncode == 0, err.decode()[-2000:]
 
 
 def test_tls_accepts_verified_clients_and_refuses_plaintext(codec_server, make_key, pki):

@@ -1,18 +1,18 @@
-"""`make bench`, HTTP gateway section: our gateway against a minimal sample codec server.
+"""`make bench`, HTTP gateway section: our gateway, both ways it runs, against a minimal sample
+codec server.
 
-Ours is the standalone gateway process (``python -m codec_grpc.gateway``, as the Helm
-chart's sidecar runs it) in front of the codec server process. The sample
-(tests/bench/sample_gateway.py) does everything in one aiohttp process: JSON via
-json_format, AES-GCM with a static key. Both get the same JSON bodies from a
-separate load process (tests/bench/http_load.py, keep-alive connections).
+* **in-process**: server.py with its gateway on (GATEWAY_ENABLED), which calls the codec
+  of its own process; CPU is that one process's.
+* **sidecar**: the standalone gateway process (``python -m codec_grpc.gateway``, as the
+  Helm chart runs it) in front of the codec server process (gateway off) over gRPC;
+  CPU is the two processes' sum (the sample does the crypto too), the gateway's own
+  share shown beside it.
+* **sample** (tests/bench/sample_gateway.py): everything in one aiohttp process, JSON
+  via json_format, AES-GCM with a static key.
 
-CPU per HTTP call comes from /proc for each process: the gateway, the codec
-server and the sample. Ours counts gateway + codec server, because the sample
-does the crypto too; the gateway's own share is shown beside it. The gateway
-runs in its own process rather than inside server.py so that the two shares can
-be told apart; their sum is what server.py's in-process gateway costs too, as it
-also reaches the gRPC server over loopback. Decode bodies differ in one way:
-each server decodes what its own Encode produced (our envelope carries more
+All get the same JSON bodies from a separate load process (tests/bench/http_load.py,
+keep-alive connections); CPU per HTTP call comes from /proc. Decode bodies differ in
+one way: each server decodes what its own Encode produced (our envelope carries more
 metadata, the wrapped data key among it, so our bodies are the larger ones).
 """
 
@@ -30,7 +30,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.bench.run import ROOT, Codec, cpu_seconds, process, rss_mib
+from tests.bench.run import ROOT, Codec, cpu_seconds, pin, process, rss_mib
 from tests.conftest import free_port
 
 TARGET = 1.0  # sample ÷ ours: no more CPU per call than the sample
@@ -49,13 +49,18 @@ class HttpResult:
         return sum(self.cpu.values())
 
 
-def measure_http(port: int, path: str, body: bytes, calls: int, pids: Mapping[str, int], workdir: Path) -> HttpResult:
+def measure_http(
+    port: int, path: str, body: bytes, calls: int, pids: Mapping[str, int], workdir: Path, args: argparse.Namespace
+) -> HttpResult:
     body_file = workdir / "body.json"
     body_file.write_bytes(body)
     command = [sys.executable, "-m", "tests.bench.http_load", "--port", str(port), "--path", path]
     command += ["--body-file", str(body_file), "--calls", str(calls)]
     load = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT, text=True)
     assert load.stdout is not None and load.stdin is not None
+    pin(load.pid, args.load_cpus)
+    for pid in pids.values():
+        pin(pid, args.server_cpus)
     if load.stdout.readline().strip() != "ready":
         raise RuntimeError(f"the load generator failed during warm-up (exit {load.wait(timeout=60)})")
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
@@ -97,26 +102,31 @@ def post(port: int, path: str, body: bytes) -> bytes:
 
 
 def gateway_section(stack: ExitStack, workdir: Path, codec: Codec, args: argparse.Namespace) -> None:
-    gateway_port, sample_port = free_port(), free_port()
-    gateway_env = {
-        **codec.env,
-        "PORT": str(gateway_port),
-        "GATEWAY_HOST": "127.0.0.1",
-        "METRICS_HOST": "127.0.0.1",
-        "METRICS_PORT": "0",
-        "CODEC_GRPC_TARGET": f"127.0.0.1:{codec.port}",
-    }
+    gateway_port, inproc_port, sample_port = free_port(), free_port(), free_port()
+    common = {"GATEWAY_HOST": "127.0.0.1", "METRICS_HOST": "127.0.0.1", "METRICS_PORT": "0"}
+    gateway_env = {**codec.env, **common, "PORT": str(gateway_port), "CODEC_GRPC_TARGET": f"127.0.0.1:{codec.port}"}
     gateway = stack.enter_context(
         process([sys.executable, "-m", "codec_grpc.gateway"], gateway_env, gateway_port, workdir / "gateway.log")
     )
+    # server.py as deployed without the sidecar: its own gRPC port, the gateway on, against the same KMS.
+    inproc_env = {**codec.env, **common, "GRPC_PORT": str(free_port()), "GATEWAY_ENABLED": "true"}
+    inproc_env["PORT"] = str(inproc_port)
+    inproc = stack.enter_context(
+        process([sys.executable, "server.py"], inproc_env, inproc_port, workdir / "inproc.log")
+    )
     sample_command = [sys.executable, "-m", "tests.bench.sample_gateway", "--port", str(sample_port)]
     sample = stack.enter_context(process(sample_command, codec.env, sample_port, workdir / "sample.log"))
-    ours_pids = {"gateway": gateway.pid, "codec": codec.pid}
-    print("\nHTTP gateway (standalone process) + codec server vs a sample codec server, CPU per HTTP call")
+    sides = {
+        "inproc": (inproc_port, {"inproc": inproc.pid}),
+        "sidecar": (gateway_port, {"gateway": gateway.pid, "codec": codec.pid}),
+        "sample": (sample_port, {"sample": sample.pid}),
+    }
+    print("\nHTTP gateway vs a sample codec server: CPU per HTTP call (µs); ratio = sample ÷ ours, target ≥ 1.0")
+    print("in-process = server.py with its gateway (one process); sidecar = codec-gateway + server.py over gRPC")
     header = (
-        f"{'call':6} {'batch':>5} | {'gw µs':>7} {'codec µs':>8} {'ours µs':>8} {'sample µs':>9} {'ratio':>5} "
-        f"{'target':>6} | {'ours /s':>7} {'p50 ms':>6} {'p99 ms':>6} | {'sample/s':>8} {'p50 ms':>6} {'p99 ms':>6} "
-        f"| {'spread':>9}"
+        f"{'call':6} {'batch':>5} | {'in-proc':>7} {'ratio':>5} | {'gw':>6} {'codec':>6} {'sidecar':>7} {'ratio':>5} | "
+        f"{'sample':>6} | {'in-proc/s':>9} {'p50 ms':>6} | {'sidecar/s':>9} {'p50 ms':>6} | {'sample/s':>8} "
+        f"{'p50 ms':>6} | {'spread i/s/s':>14}"
     )
     print(header)
     print("-" * len(header))
@@ -124,36 +134,44 @@ def gateway_section(stack: ExitStack, workdir: Path, codec: Codec, args: argpars
         for batch in args.batch_list:
             path = f"/{method.lower()}"
             encode = encode_body(batch, args.payload_bytes)
-            ours_body = encode if method == "Encode" else post(gateway_port, "/encode", encode)
-            sample_body = encode if method == "Encode" else post(sample_port, "/encode", encode)
+            bodies = {
+                name: encode if method == "Encode" else post(port, "/encode", encode)
+                for name, (port, _) in sides.items()
+            }
             calls = max(8, int(CALLS.get(batch, 150) * args.scale))
             # Interleaved rounds; each side's cheapest round counts (interference only adds CPU).
             rounds = [
-                (
-                    measure_http(gateway_port, path, ours_body, calls, ours_pids, workdir),
-                    measure_http(sample_port, path, sample_body, calls, {"sample": sample.pid}, workdir),
-                )
+                {
+                    name: measure_http(port, path, bodies[name], calls, pids, workdir, args)
+                    for name, (port, pids) in sides.items()
+                }
                 for _ in range(args.rounds)
             ]
             print(_row(method, batch, rounds), flush=True)
     print(
-        f"RSS MiB: gateway {rss_mib(gateway.pid):.1f}, codec server {rss_mib(codec.pid):.1f}, "
-        f"sample {rss_mib(sample.pid):.1f}; spread = (dearest - cheapest) / cheapest round, ours / sample"
+        f"RSS MiB: in-process {rss_mib(inproc.pid):.1f}; sidecar: gateway {rss_mib(gateway.pid):.1f}, "
+        f"codec server {rss_mib(codec.pid):.1f}; sample {rss_mib(sample.pid):.1f}. "
+        "spread = (dearest - cheapest) / cheapest round: in-process/sidecar/sample"
     )
 
 
-def _row(method: str, batch: int, rounds: list[tuple[HttpResult, HttpResult]]) -> str:
-    ours = min((r[0] for r in rounds), key=lambda r: r.total)
-    sample = min((r[1] for r in rounds), key=lambda r: r.total)
-    ratio = _quotient(sample.total, ours.total)
-    verdict = "ok" if ratio >= TARGET else "MISS"
-    spread = [_quotient(max(r[i].total for r in rounds), min(r[i].total for r in rounds)) - 1 for i in (0, 1)]
+def _row(method: str, batch: int, rounds: list[dict[str, HttpResult]]) -> str:
+    best = {name: min((r[name] for r in rounds), key=lambda r: r.total) for name in rounds[0]}
+    inproc, sidecar, sample = best["inproc"], best["sidecar"], best["sample"]
+    inproc_ratio = _quotient(sample.total, inproc.total)
+    sidecar_ratio = _quotient(sample.total, sidecar.total)
+    verdict = "ok" if inproc_ratio >= TARGET else "MISS"
+    spread = [
+        _quotient(max(r[name].total for r in rounds), min(r[name].total for r in rounds)) - 1
+        for name in ("inproc", "sidecar", "sample")
+    ]
     return (
-        f"{method:6} {batch:>5} | {ours.cpu['gateway'] * 1e6:>7.0f} {ours.cpu['codec'] * 1e6:>8.0f} "
-        f"{ours.total * 1e6:>8.0f} {sample.total * 1e6:>9.0f} {ratio:>5.2f} {'≥' + str(TARGET):>6} | "
-        f"{ours.throughput:>7.0f} {ours.p50 * 1e3:>6.2f} {ours.p99 * 1e3:>6.2f} | "
-        f"{sample.throughput:>8.0f} {sample.p50 * 1e3:>6.2f} {sample.p99 * 1e3:>6.2f} | "
-        f"{spread[0]:>4.0%}/{spread[1]:<4.0%} {verdict}"
+        f"{method:6} {batch:>5} | {inproc.total * 1e6:>7.0f} {inproc_ratio:>5.2f} | "
+        f"{sidecar.cpu['gateway'] * 1e6:>6.0f} {sidecar.cpu['codec'] * 1e6:>6.0f} {sidecar.total * 1e6:>7.0f} "
+        f"{sidecar_ratio:>5.2f} | {sample.total * 1e6:>6.0f} | "
+        f"{inproc.throughput:>9.0f} {inproc.p50 * 1e3:>6.2f} | {sidecar.throughput:>9.0f} {sidecar.p50 * 1e3:>6.2f} | "
+        f"{sample.throughput:>8.0f} {sample.p50 * 1e3:>6.2f} | "
+        f"{'/'.join(f'{x:.0%}' for x in spread):>14} {verdict}"
     )
 
 

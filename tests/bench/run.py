@@ -343,6 +343,7 @@ def main() -> None:
         first, second = sorted(os.sched_getaffinity(0))[:2]
         SERVER_CPUS, LOAD_CPUS = {first}, {second}
     args.batch_list = [int(b) for b in args.batches.split(",")]
+    args.server_cpus, args.load_cpus = SERVER_CPUS, LOAD_CPUS  # for the gateway section (another module)
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="codec-bench-")))
         codec = start_codec(stack, workdir, args.workers)
