@@ -241,7 +241,9 @@ def _start_gateway(app: CodecApp) -> GatewayThread | None:
     config = app.config
     if not config.gateway_enabled:
         return None
-    gateway = GatewayThread(config, InProcessUpstream.from_app(app), app.registry)
+    # METRICS_ENABLED=false: HTTP requests are not counted either (nothing could serve the counts).
+    registry = app.registry if config.metrics_enabled else None
+    gateway = GatewayThread(config, InProcessUpstream.from_app(app), registry)
     try:
         port = gateway.start()
     except ConfigError:

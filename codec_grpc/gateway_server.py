@@ -168,7 +168,8 @@ async def _serve(config: Config) -> int:
         if config.metrics_enabled:
             metrics_server, metrics_port = start_metrics_server(config.metrics_host, config.metrics_port, registry)
             log.info("metrics at http://%s:%d/metrics", config.metrics_host, metrics_port)
-        gateway = await start_gateway(config, config.codec_grpc_target, registry)
+        counted = registry if config.metrics_enabled else None  # no endpoint: nothing to count for
+        gateway = await start_gateway(config, config.codec_grpc_target, counted)
     except ConfigError as exc:
         print(f"codec-gateway: error: {exc}", file=sys.stderr)
         return 2
