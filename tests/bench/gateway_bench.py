@@ -1,8 +1,8 @@
 """`make bench`, HTTP gateway section: our gateway, both ways it runs, against a minimal sample
 codec server.
 
-* **in-process**: server.py with its gateway on (GATEWAY_ENABLED), which calls the codec
-  of its own process; CPU is that one process's.
+* **in-process**: server.py with its gateway on (GATEWAY_ENABLED) and metrics on, which calls
+  the codec of its own process; CPU is that one process's.
 * **sidecar**: the standalone gateway process (``python -m codec_grpc.gateway``, as the
   Helm chart runs it) in front of the codec server process (gateway off) over gRPC;
   CPU is the two processes' sum (the sample does the crypto too), the gateway's own
@@ -103,7 +103,8 @@ def post(port: int, path: str, body: bytes) -> bytes:
 
 def gateway_section(stack: ExitStack, workdir: Path, codec: Codec, args: argparse.Namespace) -> None:
     gateway_port, inproc_port, sample_port = free_port(), free_port(), free_port()
-    common = {"GATEWAY_HOST": "127.0.0.1", "METRICS_HOST": "127.0.0.1", "METRICS_PORT": "0"}
+    # Metrics on, as deployed (every HTTP request and codec call counted); the endpoints on free ports.
+    common = {"GATEWAY_HOST": "127.0.0.1", "METRICS_ENABLED": "true", "METRICS_HOST": "127.0.0.1", "METRICS_PORT": "0"}
     gateway_env = {**codec.env, **common, "PORT": str(gateway_port), "CODEC_GRPC_TARGET": f"127.0.0.1:{codec.port}"}
     gateway = stack.enter_context(
         process([sys.executable, "-m", "codec_grpc.gateway"], gateway_env, gateway_port, workdir / "gateway.log")
