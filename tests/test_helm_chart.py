@@ -442,7 +442,7 @@ def http_call(
     if port["appProtocol"] == "https":
         context = ssl.create_default_context(cafile=str(ca.path))
         connection: http.client.HTTPConnection = http.client.HTTPSConnection(
-            "localhost", local, context=context, timeout=30
+            "127.0.0.1", local, context=context, timeout=30
         )
     else:
         connection = http.client.HTTPConnection("127.0.0.1", local, timeout=30)
