@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Checks the Helm chart in helm/temporal-codec:
-#   1. helm lint --strict, with the optional parts off (defaults) and on (ci/*.yaml);
+#   1. helm lint --strict, with the optional parts off (defaults) and on (ci/*.yaml), the gateway
+#      as a sidecar (the default) and in the server's process (ci/in-process*.yaml);
 #   2. helm template for each of those value sets;
 #   3. kubernetes-validate --strict (offline JSON schemas) on every rendered built-in object;
 #      the Prometheus Operator CRDs (ServiceMonitor, PrometheusRule) are not in those schemas:
@@ -65,6 +66,9 @@ check_values() {  # name [values file]
 check_values defaults
 check_values all-on "$chart/ci/all-on-values.yaml"
 check_values no-gateway "$chart/ci/no-gateway-values.yaml"
+check_values in-process "$chart/ci/in-process-values.yaml"
+check_values in-process-all-on "$chart/ci/in-process-all-on-values.yaml"
+check_values in-process-grpc-tls "$chart/ci/in-process-grpc-tls-values.yaml"
 if command -v promtool >/dev/null 2>&1; then
   promtool check rules "$chart/files/alerts.yaml"
 else

@@ -72,3 +72,19 @@ skipped (the program's default applies); maps become "key=value,key=value" (NAME
 {{- define "temporal-codec.gatewayTlsSecret" -}}
 {{- default .Values.tls.grpc.secretName .Values.tls.gateway.secretName }}
 {{- end }}
+
+{{/*
+Where the HTTP gateway runs: "sidecar" (its own container), "inProcess" (inside the codec server's
+process, server.py's GATEWAY_ENABLED), or "" when gateway.enabled is false.
+*/}}
+{{- define "temporal-codec.gatewayMode" -}}
+{{- if .Values.gateway.enabled }}{{ .Values.gateway.mode }}{{ end }}
+{{- end }}
+
+{{/*
+"true" when the gateway serves HTTPS: with tls.gateway.enabled, and in-process also with
+tls.grpc.enabled alone, since server.py's gateway then serves the gRPC certificate.
+*/}}
+{{- define "temporal-codec.gatewayHttps" -}}
+{{- if or .Values.tls.gateway.enabled (and (eq .Values.gateway.mode "inProcess") .Values.tls.grpc.enabled) }}true{{ end }}
+{{- end }}
