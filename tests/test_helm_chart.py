@@ -33,7 +33,8 @@ from tests.test_tls import Authority
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "temporal-codec"
 # `helm template codec helm/temporal-codec --namespace temporal [--values ci/...]` of the chart before
-# gateway.mode existed: the sidecar (the default mode) must keep rendering exactly these objects.
+# gateway.mode existed (since then only the sidecar's memory limit changed, 128Mi -> 320Mi): the
+# sidecar (the default mode) must keep rendering exactly these objects.
 # After an intended change to the sidecar's rendering, copy the new renders from check.sh's OUT_DIR.
 SIDECAR_RENDERS = Path(__file__).resolve().parent / "helm_renders"
 RENDERS = ["defaults", "all-on", "no-gateway", "in-process", "in-process-all-on", "in-process-grpc-tls"]
