@@ -41,12 +41,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from codec_grpc.config import Config, parse_namespace
 from codec_grpc.gateway_auth import AuthError, AuthUnavailableError, TokenVerifier
 from codec_grpc.gateway_body import BodyError, stats_json
-from codec_grpc.gateway_wire import request_bytes, response_json
+from codec_grpc.gateway_wire import request_bytes, response_document
 from codec_grpc.metrics import GatewayMetrics
 from codec_grpc.v1 import codec_pb2, codec_pb2_grpc
 from codec_grpc.wire import WireError
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("codec_grpc.access")
 
 ALLOW_METHODS = "POST, OPTIONS"
 ALLOW_HEADERS = "content-type, x-namespace, authorization, authorization-extras"
@@ -196,33 +197,86 @@ def create_app(
     verifier: TokenVerifier | None = None,
     metrics: GatewayMetrics | None = None,
 ) -> web.Application:
-    """The aiohttp application; every answer passes through the CORS/error middleware (and is counted)."""
+    """The aiohttp application; every answer passes through the CORS/error middleware, and is
+    logged (one access line) and counted (when ``metrics`` is given)."""
     routes = _Routes(settings, upstream, verifier)
-    middlewares = [_cors_and_errors(settings.allowed_origins)]
-    if metrics is not None:
-        middlewares.insert(0, _observed(metrics))  # outermost: sees the final status of every answer
+    # Outermost: sees the final status of every answer.
+    middlewares = [_observed(metrics), _cors_and_errors(settings.allowed_origins)]
     app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
     app.router.add_route("*", "/{path:.*}", routes.dispatch)
     return app
 
 
-def _observed(metrics: GatewayMetrics) -> Any:
+class _AccessNote:
+    """What a codec route tells the access line: never payload contents."""
+
+    __slots__ = ("namespace", "payloads", "subject")
+
+    def __init__(self) -> None:
+        self.namespace = ""
+        self.payloads = 0
+        self.subject = ""
+
+
+_NOTE = web.RequestKey("access_note", _AccessNote)
+# Probes and preflights would drown the lines that matter: they log at DEBUG.
+_QUIET_ROUTES = frozenset({"health"})
+
+
+def _observed(metrics: GatewayMetrics | None) -> Any:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.monotonic()
         status = 500
+        note = request[_NOTE] = _AccessNote()
         try:
             response = await handler(request)
             status = response.status
             return response
         finally:
+            seconds = time.monotonic() - started
             route = request.path.rstrip("/").rpartition("/")[2]
             try:
-                metrics.observe(route, request.method, status, time.monotonic() - started)
-            except Exception:  # counting must never fail an answer
-                log.exception("cannot count an HTTP request")
+                if metrics is not None:
+                    metrics.observe(route, request.method, status, seconds)
+                _log_access(request, route, status, seconds, note)
+            except Exception:  # counting and logging must never fail an answer
+                log.exception("cannot record an HTTP request")
 
     return middleware
+
+
+def _log_access(request: web.Request, route: str, status: int, seconds: float, note: _AccessNote) -> None:
+    """One line per HTTP request, like the gRPC access line (logger ``codec_grpc.access``): the route
+    (only the known ones; anything else is ``other``), status, payload count, sizes, namespace, peer,
+    and the token's subject when auth is on. An audit trail of who encoded and decoded what."""
+    quiet = route in _QUIET_ROUTES or request.method == "OPTIONS"
+    level = logging.DEBUG if quiet else logging.INFO
+    if not access_log.isEnabledFor(level):
+        return
+    route = route if route in GatewayMetrics.ROUTES else "other"
+    duration_ms = round(seconds * 1000, 3)
+    access_log.log(
+        level,
+        "HTTP %s %s %d payloads=%d duration_ms=%.1f namespace=%s",
+        request.method,
+        route,
+        status,
+        note.payloads,
+        duration_ms,
+        note.namespace or "-",
+        extra={
+            "http_method": request.method,
+            "http_route": route,
+            "http_status": status,
+            "payloads": note.payloads,
+            "request_bytes": request.content_length or 0,
+            "duration_ms": duration_ms,
+            "namespace": note.namespace,
+            "peer": request.remote or "",
+            "subject": note.subject,
+        },
+    )
 
 
 def _cors_and_errors(allowed: frozenset[str]) -> Any:
@@ -305,6 +359,7 @@ class _Routes:
 
     async def _codec_call(self, request: web.Request, action: str, segments: list[str]) -> web.Response:
         namespace = self._namespace(request, segments)
+        request[_NOTE].namespace = namespace
         await self._authorize(request, namespace)
         body = await self._read_body(request)
         try:
@@ -313,7 +368,7 @@ class _Routes:
             raise HttpError(400, str(exc)) from None
         response = await self._upstream.call(action.capitalize(), request_wire, self._settings.upstream_timeout)
         try:
-            answer = await _off_loop(len(body), response_json, response)
+            answer, request[_NOTE].payloads = await _off_loop(len(body), response_document, response)
         except WireError as exc:
             log.warning("malformed %s response from the codec service: %s", action, exc)
             raise HttpError(*_FAILED) from None
@@ -343,6 +398,8 @@ class _Routes:
         except AuthUnavailableError as exc:
             log.warning("token not checked: %s: %s", exc, exc.__cause__)
             raise HttpError(503, f"{exc}; retry later") from None
+        subject = claims.get("sub")
+        request[_NOTE].subject = subject[:200] if isinstance(subject, str) else ""
         if not verifier.permits(claims, namespace):
             raise HttpError(403, f"namespace {namespace!r} is not permitted for this token")
 
@@ -362,6 +419,7 @@ class _Routes:
 
     async def _stats(self, request: web.Request, segments: list[str]) -> web.Response:
         namespace = self._namespace(request, segments)
+        request[_NOTE].namespace = namespace
         await self._authorize(request, namespace)
         answer = await self._upstream.stats(namespace, self._settings.upstream_timeout)
         return web.json_response(stats_json(answer))

@@ -142,8 +142,13 @@ def response_json(response: bytes) -> bytes:
 
     Raises ``wire.WireError`` when the bytes are not a valid response.
     """
+    return response_document(response)[0]
+
+
+def response_document(response: bytes) -> tuple[bytes, int]:
+    """:func:`response_json`, and the number of payloads in it."""
     payloads, _ = wire.split_request(response)  # a response is field 1 of a request
-    return payloads_document(payloads)
+    return payloads_document(payloads), len(payloads)
 
 
 def payloads_document(payloads: Sequence[bytes]) -> bytes:

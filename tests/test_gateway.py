@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
+from typing import Any
 
 import pytest
 
@@ -295,3 +297,33 @@ def test_large_batch_round_trips_in_order(gateway: Gateway) -> None:
     encoded = gateway.encode(originals)
     assert len(encoded) == 400
     assert gateway.decode(encoded) == originals
+
+
+def http_access_lines(caplog: pytest.LogCaptureFixture) -> list[Any]:  # LogRecords with the line's extras
+    """The gateway's access lines (the codec server's gRPC lines share the logger, not the fields)."""
+    return [r for r in caplog.records if r.name == "codec_grpc.access" and hasattr(r, "http_route")]
+
+
+def test_every_http_request_has_an_access_line_without_payload_contents(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An audit trail of who encoded and decoded what, in both gateway modes: route, status, payload
+    count, namespace and peer; never payload contents."""
+    with caplog.at_level(logging.DEBUG, logger="codec_grpc.access"):
+        encoded = gateway.encode([plain_payload('"secret-value-1"'), plain_payload('"two"')], namespace="audit-ns")
+        gateway.decode(encoded, namespace="audit-ns")
+        refused = gateway.post("/decode", "not json")
+        gateway.request("GET", "/health")
+        gateway.request("GET", "/no/such/route")
+    assert refused.status == 400
+    lines = {(r.http_route, r.http_status): r for r in http_access_lines(caplog)}
+    assert set(lines) == {("encode", 200), ("decode", 200), ("decode", 400), ("health", 200), ("other", 404)}
+    encode = lines[("encode", 200)]
+    assert (encode.levelname, encode.http_method, encode.payloads, encode.namespace) == ("INFO", "POST", 2, "audit-ns")
+    assert encode.request_bytes > 0 and encode.duration_ms >= 0 and encode.peer == "127.0.0.1"
+    assert encode.getMessage().startswith("HTTP POST encode 200 payloads=2 ")
+    assert lines[("decode", 200)].payloads == 2
+    assert (lines[("decode", 400)].payloads, lines[("decode", 400)].namespace) == (0, "default")
+    assert lines[("health", 200)].levelname == "DEBUG"  # probes would drown the lines that matter
+    for secret in ("secret-value-1", b64('"secret-value-1"'), encoded[0]["data"]):
+        assert secret not in caplog.text

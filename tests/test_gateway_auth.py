@@ -7,6 +7,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import threading
 import time
 import uuid
@@ -254,3 +255,13 @@ def test_path_namespace_is_checked_too(start_gateway, jwks: Jwks) -> None:
     body = {"payloads": [plain_payload("1")]}
     assert gateway.post("/orders/encode", body, Authorization=f"Bearer {token}").status == 200
     assert gateway.post("/billing/encode", body, Authorization=f"Bearer {token}").status == 403
+
+
+def test_the_access_line_names_the_tokens_subject(
+    secured: Gateway, jwks: Jwks, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="codec_grpc.access"):
+        assert call(secured, f"Bearer {jwks.token(jwks.keys[0], sub='alice@example.test')}").status == 200
+        assert call(secured, "Bearer not-a-token").status == 401
+    lines: list[Any] = [r for r in caplog.records if r.name == "codec_grpc.access" and hasattr(r, "http_route")]
+    assert [(r.http_status, r.subject) for r in lines] == [(200, "alice@example.test"), (401, "")]
