@@ -366,9 +366,11 @@ class _Routes:
             request_wire = await _off_loop(len(body), request_bytes, body, namespace)
         except BodyError as exc:
             raise HttpError(400, str(exc)) from None
+        size = len(body)
         response = await self._upstream.call(action.capitalize(), request_wire, self._settings.upstream_timeout)
+        del request_wire  # a large batch's copies go as soon as they are done with (memory peak)
         try:
-            answer, request[_NOTE].payloads = await _off_loop(len(body), response_document, response)
+            answer, request[_NOTE].payloads = await _off_loop(size, response_document, response)
         except WireError as exc:
             log.warning("malformed %s response from the codec service: %s", action, exc)
             raise HttpError(*_FAILED) from None
