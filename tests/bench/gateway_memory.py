@@ -16,21 +16,16 @@ of those; 3 bodies of ~12 MiB (3,000 payloads of 3 KiB), under the default GATEW
 
 from __future__ import annotations
 
-import base64
-import http.client
-import json
-import os
 import sys
 import tempfile
 import threading
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
-import boto3
-
-from tests.bench.run import process
+from tests.bench.gateway_bench import encode_body as body
+from tests.bench.gateway_bench import post
+from tests.bench.run import process, start_kms
 from tests.conftest import free_port
 
 
@@ -41,25 +36,6 @@ def status_kib(pid: int) -> dict[str, int]:
         if name in ("VmRSS", "VmHWM"):
             fields[name] = int(value.split()[0])
     return fields
-
-
-def body(count: int, size: int) -> bytes:
-    data = base64.b64encode(os.urandom(size)).decode()
-    payload = {"metadata": {"encoding": base64.b64encode(b"json/plain").decode()}, "data": data}
-    return json.dumps({"payloads": [payload] * count}).encode()
-
-
-def post(port: int, path: str, data: bytes) -> bytes:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    try:
-        connection.request("POST", path, body=data, headers={"Content-Type": "application/json"})
-        answer = connection.getresponse()
-        text = answer.read()
-        if answer.status != 200:
-            raise RuntimeError(f"{path}: HTTP {answer.status}: {text[:300]!r}")
-        return text
-    finally:
-        connection.close()
 
 
 def small_calls(port: int) -> str:
@@ -104,22 +80,8 @@ SCENARIOS = [small_calls, large_bodies(1000, 1), large_bodies(1000, 4), large_bo
 def main() -> None:
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="codec-gw-memory-")))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-        kms_port = free_port()
-        moto = str(Path(sys.executable).with_name("moto_server"))
-        stack.enter_context(process([moto, "-H", "127.0.0.1", "-p", str(kms_port)], env, kms_port, workdir / "m.log"))
-        kms_url = f"http://127.0.0.1:{kms_port}"
-        admin: Any = boto3.session.Session().client(
-            "kms", endpoint_url=kms_url, region_name="us-east-1", aws_access_key_id="b", aws_secret_access_key="b"
-        )
-        admin.create_alias(AliasName="alias/gw-memory", TargetKeyId=admin.create_key()["KeyMetadata"]["KeyId"])
         common = {
-            **env,
-            "AWS_ACCESS_KEY_ID": "b",
-            "AWS_SECRET_ACCESS_KEY": "b",
-            "AWS_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL_KMS": kms_url,
-            "KMS_KEY_ALIAS": "alias/gw-memory",
+            **start_kms(stack, workdir, "alias/gw-memory"),
             "GRPC_HOST": "127.0.0.1",
             "GATEWAY_HOST": "127.0.0.1",
             "METRICS_HOST": "127.0.0.1",

@@ -18,12 +18,11 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import boto3
 import grpc
 
 from codec_grpc.v1 import codec_pb2 as pb
 from codec_grpc.v1 import codec_pb2_grpc
-from tests.bench.run import process, rss_mib
+from tests.bench.run import process, rss_mib, start_kms
 from tests.conftest import free_port
 
 LIMIT_MIB = 128
@@ -37,24 +36,8 @@ def main() -> None:
     args = parser.parse_args()
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="codec-memory-")))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-        kms_port = free_port()
-        moto = str(Path(sys.executable).with_name("moto_server"))
-        stack.enter_context(
-            process([moto, "-H", "127.0.0.1", "-p", str(kms_port)], env, kms_port, workdir / "moto.log")
-        )
-        kms_url = f"http://127.0.0.1:{kms_port}"
-        admin: Any = boto3.session.Session().client(
-            "kms", endpoint_url=kms_url, region_name="us-east-1", aws_access_key_id="b", aws_secret_access_key="b"
-        )
-        admin.create_alias(AliasName="alias/memory", TargetKeyId=admin.create_key()["KeyMetadata"]["KeyId"])
         server_env = {
-            **env,
-            "AWS_ACCESS_KEY_ID": "b",
-            "AWS_SECRET_ACCESS_KEY": "b",
-            "AWS_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL_KMS": kms_url,
-            "KMS_KEY_ALIAS": "alias/memory",
+            **start_kms(stack, workdir, "alias/memory"),
             "GRPC_HOST": "127.0.0.1",
             "GATEWAY_ENABLED": "false",
             "METRICS_ENABLED": "false",

@@ -197,6 +197,28 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def start_kms(stack: ExitStack, workdir: Path, alias: str) -> dict[str, str]:
+    """moto's KMS server on a free loopback port with a master key under ``alias``; returns this
+    process's environment (its AWS_* settings removed) plus what a codec server needs to use it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    kms_port = free_port()
+    moto = [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(kms_port)]
+    stack.enter_context(process(moto, env, kms_port, workdir / f"moto-{kms_port}.log"))
+    kms_url = f"http://127.0.0.1:{kms_port}"
+    admin: Any = boto3.session.Session().client(
+        "kms", endpoint_url=kms_url, region_name="us-east-1", aws_access_key_id="bench", aws_secret_access_key="bench"
+    )
+    admin.create_alias(AliasName=alias, TargetKeyId=admin.create_key()["KeyMetadata"]["KeyId"])
+    return {
+        **env,
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL_KMS": kms_url,
+        "KMS_KEY_ALIAS": alias,
+    }
+
+
 @dataclass
 class Codec:
     """The codec server process (gRPC only) and what the sections need to reach it."""
@@ -220,31 +242,11 @@ def start_codec(
     ``metrics``: METRICS_ENABLED, with the endpoint on a free loopback port (never scraped here).
     ``launcher``: a command to run server.py under (valgrind, for tests/bench/instructions.py).
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     port = free_port()
-    if kms_of is not None:
-        kms_url = kms_of.env["AWS_ENDPOINT_URL_KMS"]
-    else:
-        kms_port = free_port()
-        moto = [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(kms_port)]
-        stack.enter_context(process(moto, env, kms_port, workdir / "moto.log"))
-        kms_url = f"http://127.0.0.1:{kms_port}"
-        admin: Any = boto3.session.Session().client(
-            "kms",
-            endpoint_url=kms_url,
-            region_name="us-east-1",
-            aws_access_key_id="bench",
-            aws_secret_access_key="bench",
-        )
-        key = admin.create_key()["KeyMetadata"]
-        admin.create_alias(AliasName="alias/bench", TargetKeyId=key["KeyId"])
+    # Every codec-specific setting is set below, so another server's environment serves as the KMS part.
+    kms_env = start_kms(stack, workdir, "alias/bench") if kms_of is None else kms_of.env
     codec_env = {
-        **env,
-        "AWS_ACCESS_KEY_ID": "bench",
-        "AWS_SECRET_ACCESS_KEY": "bench",
-        "AWS_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL_KMS": kms_url,
-        "KMS_KEY_ALIAS": "alias/bench",
+        **kms_env,
         "GRPC_HOST": "127.0.0.1",
         "GRPC_PORT": str(port),
         "GATEWAY_ENABLED": "false",
