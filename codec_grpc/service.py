@@ -11,7 +11,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -29,7 +29,6 @@ from codec_grpc.v1 import codec_pb2
 log = logging.getLogger(__name__)
 
 NAMESPACE_HEADER = "x-namespace"
-T = TypeVar("T")
 SERVICE_NAME = codec_pb2.DESCRIPTOR.services_by_name["CodecService"].full_name
 
 _STATUS_BY_ERROR: Sequence[tuple[type[errors.CodecError], grpc.StatusCode]] = (
