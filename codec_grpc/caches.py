@@ -245,12 +245,10 @@ class DecryptedKeyCache:
     def get(self, cache_key: Hashable) -> DataKey | None:
         now = self._clock()
         with self._lock:
-            found = self._entries.get(cache_key)
-            if found is not None and found[1] > now:
-                self._entries.move_to_end(cache_key)
-                self.hits += 1
-                return found[0]
-            if found is not None:
+            key = self._hit(cache_key, now)
+            if key is not None:
+                return key
+            if cache_key in self._entries:  # there, but expired
                 del self._entries[cache_key]
                 self.expirations += 1
             self.misses += 1
@@ -261,10 +259,16 @@ class DecryptedKeyCache:
         otherwise change nothing. For keys found earlier with :meth:`peek`."""
         now = self._clock()
         with self._lock:
-            found = self._entries.get(cache_key)
-            if found is not None and found[1] > now:
-                self._entries.move_to_end(cache_key)
-                self.hits += 1
+            self._hit(cache_key, now)
+
+    def _hit(self, cache_key: Hashable, now: float) -> DataKey | None:
+        """The unexpired key, counted as a hit and marked recently used; None otherwise (lock held)."""
+        found = self._entries.get(cache_key)
+        if found is None or found[1] <= now:
+            return None
+        self._entries.move_to_end(cache_key)
+        self.hits += 1
+        return found[0]
 
     def peek(self, cache_key: Hashable) -> DataKey | None:
         """Like :meth:`get` without touching counters or recency."""
