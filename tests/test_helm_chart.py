@@ -33,8 +33,8 @@ from tests.test_tls import Authority
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "temporal-codec"
 # `helm template codec helm/temporal-codec --namespace temporal [--values ci/...]` of the chart before
-# gateway.mode existed (since then only the sidecar's memory limit changed, 128Mi -> 320Mi): the
-# sidecar (the default mode) must keep rendering exactly these objects.
+# gateway.mode existed (since then only the sidecar's memory limit, 128Mi -> 320Mi, and the preStop
+# sleep changed): the sidecar (the default mode) must keep rendering exactly these objects.
 # After an intended change to the sidecar's rendering, copy the new renders from check.sh's OUT_DIR.
 SIDECAR_RENDERS = Path(__file__).resolve().parent / "helm_renders"
 RENDERS = ["defaults", "all-on", "no-gateway", "in-process", "in-process-all-on", "in-process-grpc-tls"]
@@ -531,3 +531,19 @@ def test_in_process_pod_turns_unready_at_once_and_finishes_the_call_in_flight(ru
         assert pod.wait("codec-server") == 0, pod.log("codec-server")
     finally:
         proxy.close()
+
+
+@pytest.mark.parametrize("name", ["defaults", "in-process"])
+def test_every_container_sleeps_before_sigterm_within_the_grace(rendered: Path, name: str) -> None:
+    """preStopSleepSeconds: the pod leaves the endpoints while it still serves; the sleep and the
+    server's own drain fit in terminationGracePeriodSeconds."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    for container in pod_spec(rendered, name)["containers"]:
+        assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"], container["name"]
+    sleep, grace = values["preStopSleepSeconds"], values["codec"]["shutdownGrace"]
+    assert sleep + grace < pod_spec(rendered, name)["terminationGracePeriodSeconds"]
+
+
+def test_prestop_sleep_zero_renders_no_hook() -> None:
+    deployment = next(doc for doc in template("preStopSleepSeconds=0") if doc["kind"] == "Deployment")
+    assert all("lifecycle" not in c for c in deployment["spec"]["template"]["spec"]["containers"])

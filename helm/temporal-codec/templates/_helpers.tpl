@@ -88,3 +88,16 @@ tls.grpc.enabled alone, since server.py's gateway then serves the gRPC certifica
 {{- define "temporal-codec.gatewayHttps" -}}
 {{- if or .Values.tls.gateway.enabled (and (eq .Values.gateway.mode "inProcess") .Values.tls.grpc.enabled) }}true{{ end }}
 {{- end }}
+
+{{/*
+A preStop sleep of preStopSleepSeconds (nothing when 0): the pod leaves the Service's endpoints while
+it still serves, before SIGTERM starts the drain.
+*/}}
+{{- define "temporal-codec.preStop" -}}
+{{- if .Values.preStopSleepSeconds -}}
+lifecycle:
+  preStop:
+    exec:
+      command: ["sleep", {{ .Values.preStopSleepSeconds | quote }}]
+{{- end }}
+{{- end }}
