@@ -4,13 +4,18 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PROTOS := $(shell find protos -name '*.proto')
 STAMP := $(VENV)/.installed
+# The Python worker codec, its own distribution: built from its sources and protos/, into this venv.
+PY_CLIENT := clients/python
+PY_CLIENT_STAMP := $(VENV)/.client-installed
+PY_CLIENT_SOURCES := $(shell find $(PY_CLIENT)/temporal_codec_client -name '*.py' -not -name '*_pb2.py') \
+	$(PY_CLIENT)/setup.py $(PY_CLIENT)/pyproject.toml
 # The TypeScript worker codec: its node tests run under pytest, so install installs it when npm exists.
 TS_CLIENT := clients/typescript
 TS_STAMP := $(if $(shell command -v npm 2>/dev/null),$(TS_CLIENT)/node_modules/.installed)
 
-.PHONY: install proto run test lint format clean bench bench-instructions bench-workers fuzz soak
+.PHONY: install proto run test test-unit lint docs format clean bench bench-instructions bench-workers fuzz soak
 
-install: $(STAMP) proto $(TS_STAMP)
+install: $(STAMP) proto $(PY_CLIENT_STAMP) $(TS_STAMP)
 
 # Pinned dependencies (requirements.lock), then this package in editable mode.
 $(STAMP): requirements.lock pyproject.toml
@@ -18,6 +23,13 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.lock
 	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+# Not editable: its build generates its protobuf code. Rebuilt when a proto changes, so that the
+# server's and the client's generated code always describe the same messages (one descriptor pool).
+$(PY_CLIENT_STAMP): $(STAMP) $(PROTOS) $(PY_CLIENT_SOURCES)
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation --force-reinstall ./$(PY_CLIENT)
+	rm -rf $(PY_CLIENT)/build $(PY_CLIENT)/*.egg-info
 	touch $@
 
 $(TS_CLIENT)/node_modules/.installed: $(TS_CLIENT)/package-lock.json $(TS_CLIENT)/package.json
@@ -31,36 +43,24 @@ proto: $(STAMP)
 run: install
 	DEV_KMS=$${DEV_KMS:-auto} $(BIN)/python server.py
 
+# Every tier: tests/unit, tests/integration, tests/system, tests/docs, and the Python client's tests.
 test: install
 	$(BIN)/pytest
 
-# A tool, not a test: BENCHMARKS.md records runs. BENCH_ARGS="--only gateway" runs one section.
-bench: install
-	$(BIN)/python -m tests.bench.run $(BENCH_ARGS)
-
-# Instructions per call under valgrind (tests/bench/instructions.py): repeatable where CPU time is noisy.
-bench-instructions: install
-	$(BIN)/python -m tests.bench.instructions $(BENCH_ARGS)
-
-# The property and fuzz tests with many more examples than `make test` gives them; ends by itself.
-FUZZ_EXAMPLES ?= 3000
-fuzz: install
-	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -m fuzz --timeout 3600 --hypothesis-show-statistics
-
-# A bounded mixed load against server.py and its gateway (tests/bench/soak.py); non-zero exit on any
-# error, mismatch or memory growth. SOAK_SECONDS sets the duration.
-SOAK_SECONDS ?= 120
-soak: install
-	$(BIN)/python -m tests.bench.soak --seconds $(SOAK_SECONDS)
-
-# WORKERS=1 against WORKERS=2 under the same load (BENCHMARKS.md, "Scaling out").
-bench-workers: install
-	$(BIN)/python -m tests.bench.scaling $(BENCH_ARGS)
+# The inner loop: pure unit tests, no servers, a few seconds.
+test-unit: install
+	$(BIN)/pytest tests/unit
 
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	cd $(PY_CLIENT) && ../../$(BIN)/mypy
+	$(BIN)/lint-imports
+
+# Rewrites the generated sections of docs/ from the code (tests/docs fails when they are stale).
+docs: install
+	$(BIN)/python docs/generate.py
 
 format: install
 	$(BIN)/ruff format .
@@ -68,4 +68,28 @@ format: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info codec_grpc/v1/*_pb2*.py codec_grpc/v1/*_pb2.pyi
+	rm -rf $(PY_CLIENT)/build $(PY_CLIENT)/*.egg-info $(PY_CLIENT)/temporal_codec_client/v1/*_pb2.py*
 	rm -rf $(TS_CLIENT)/node_modules $(TS_CLIENT)/build $(TS_CLIENT)/dist $(TS_CLIENT)/protos
+
+# A tool, not a test: docs/benchmarks.md records runs. BENCH_ARGS="--only gateway" runs one section.
+bench: install
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# Instructions per call under valgrind (bench/instructions.py): repeatable where CPU time is noisy.
+bench-instructions: install
+	$(BIN)/python -m bench.instructions $(BENCH_ARGS)
+
+# The property and fuzz tests with many more examples than `make test` gives them; ends by itself.
+FUZZ_EXAMPLES ?= 3000
+fuzz: install
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -m fuzz --timeout 3600 --hypothesis-show-statistics
+
+# A bounded mixed load against server.py and its gateway (bench/soak.py); non-zero exit on any
+# error, mismatch or memory growth. SOAK_SECONDS sets the duration.
+SOAK_SECONDS ?= 120
+soak: install
+	$(BIN)/python -m bench.soak --seconds $(SOAK_SECONDS)
+
+# WORKERS=1 against WORKERS=2 under the same load (docs/benchmarks.md, "Scaling out").
+bench-workers: install
+	$(BIN)/python -m bench.scaling $(BENCH_ARGS)

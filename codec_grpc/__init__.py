@@ -1,18 +1,25 @@
 """Temporal payload codec server: AES-256-GCM envelope encryption with AWS KMS data keys.
 
-Layers, each importing only those below it:
+Layers, top to bottom; each imports only the layers below it (``make lint`` and
+the tests check it with import-linter: ``[tool.importlinter]`` in pyproject.toml):
 
-* transport: ``service`` (gRPC), ``gateway*`` (HTTP/JSON in front of gRPC), ``server.py`` (process),
-  ``app`` (wiring)
-* codec core: ``codec`` (pure, over lists of payloads), ``wireformat``
-* key management: ``keys`` and ``caches`` (hot and cold data-key caches)
-* key provider: ``kms`` (the only module that talks to AWS KMS)
+* ``runtime``: the composition root: configuration, wiring, metrics, logs, TLS,
+  the WORKERS supervisor, the ``codec-server`` and ``codec-gateway`` processes;
+* ``rpc`` (gRPC) and ``gateway`` (HTTP/JSON): the transports, independent of each
+  other, each a thin layer over the service;
+* ``service``: Encode, Decode and Stats on serialized bytes: splitting, limits,
+  namespace, errors and their status codes;
+* ``core``: pure: the payload format, protobuf wire helpers, ``EnvelopeCodec``,
+  namespace rules;
+* ``keys``: key management: the key manager, its caches, single-flight, the
+  key-provider interface;
+* ``kms``: the key provider on AWS KMS, the only importer of boto3 and botocore.
 
-Worker side, apart from the layers: ``client`` (``RemotePayloadCodec``, a temporalio
-payload codec calling the service; needs the ``temporal`` extra) and ``client_errors``.
+Beside the layers, every layer may import ``errors`` (the domain error tree) and
+``v1`` (generated protobuf code); neither imports a layer.
 """
 
-from codec_grpc.codec import EnvelopeCodec
+from codec_grpc.core import EnvelopeCodec
 from codec_grpc.errors import CodecError
 
 __all__ = ["CodecError", "EnvelopeCodec"]

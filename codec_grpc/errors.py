@@ -1,8 +1,10 @@
 """The service's own errors.
 
-Every layer raises only these; each transport maps them to its status codes in
-one place (``codec_grpc.service`` for gRPC). Messages are written for a person
-and never contain key material or payload contents.
+Every layer raises only these. ``codec_grpc.service.status_for`` gives each its
+status code (the table below); the gateway maps those codes to HTTP statuses in
+one place (``codec_grpc.gateway.statuses``). Messages are written for a person
+and never contain key material or payload contents. This module imports nothing
+of the package: every layer may use it.
 
     CodecError
     ├── PayloadError                 one payload cannot be decoded      INVALID_ARGUMENT
@@ -10,13 +12,15 @@ and never contain key material or payload contents.
     │   └── NamespaceMismatchError   written for another namespace      PERMISSION_DENIED
     ├── RequestError                 the request as a whole is refused  INVALID_ARGUMENT
     │   └── RequestTooLargeError     over a configured limit            RESOURCE_EXHAUSTED
-    └── KeyProviderError             KMS refused or failed              (by subclass)
-        ├── KmsUnavailableError      unreachable, timed out, throttled  UNAVAILABLE
-        ├── KmsAccessDeniedError     IAM / key policy refused           PERMISSION_DENIED
-        ├── KmsKeyStateError         key disabled, pending deletion     FAILED_PRECONDITION
-        ├── KmsNotFoundError         no such key or alias               FAILED_PRECONDITION
-        ├── KmsInvalidCiphertextError data key cannot be unwrapped      INVALID_ARGUMENT
-        └── KmsResponseError         KMS answered something unusable    INTERNAL
+    ├── KeyProviderError             KMS refused or failed              (by subclass)
+    │   ├── KmsUnavailableError      unreachable, timed out, throttled  UNAVAILABLE
+    │   ├── KmsAccessDeniedError     IAM / key policy refused           PERMISSION_DENIED
+    │   ├── KmsKeyStateError         key disabled, pending deletion     FAILED_PRECONDITION
+    │   ├── KmsNotFoundError         no such key or alias               FAILED_PRECONDITION
+    │   ├── KmsInvalidCiphertextError data key cannot be unwrapped      INVALID_ARGUMENT
+    │   └── KmsResponseError         KMS answered something unusable    INTERNAL
+    ├── InternalError                a bug: the log has type and place  INTERNAL
+    └── ConfigError                  a setting is invalid (start-up)    -
 """
 
 from __future__ import annotations
@@ -24,6 +28,15 @@ from __future__ import annotations
 
 class CodecError(Exception):
     """Base of every error this service raises on purpose."""
+
+
+class InternalError(CodecError):
+    """An unexpected failure (a bug). Its message is fixed: details go to the log, never to the caller."""
+
+    MESSAGE = "internal error; the server log has the details"
+
+    def __init__(self) -> None:
+        super().__init__(self.MESSAGE)
 
 
 class ConfigError(CodecError):

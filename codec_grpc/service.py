@@ -1,35 +1,45 @@
-"""gRPC transport: the CodecService servicer, error mapping and the server factory.
+"""The service: CodecService's operations, transport-neutral, on serialized bytes.
 
-This module only translates: requests into codec calls, the service's errors
-into gRPC status codes (in :func:`status_for`, the one place that does so).
+Both transports call this module thinly: the gRPC servicer (``codec_grpc.rpc``)
+and the HTTP gateway's in-process upstream (``codec_grpc.gateway.upstreams``).
+Here, and only here, a request is split into its payloads (``core.protowire``,
+no message parsing), checked against the limits, given its namespace
+(``core.namespaces``), run through the codec, and its failures turned into the
+service's errors:
+
+* a refusal is a :class:`~codec_grpc.errors.CodecError`, logged once here;
+* anything else is a bug: logged here by type and place only (a message or a
+  traceback's locals might quote request data) and raised as
+  :class:`~codec_grpc.errors.InternalError`.
+
+:func:`status_for` gives the canonical status code of each error (gRPC's codes,
+which the gateway maps to HTTP statuses): the one table of them.
 """
 
 from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Callable, Sequence
-from concurrent import futures
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, NoReturn
 
 import grpc
-from google.protobuf.message import DecodeError, Message
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from google.protobuf.message import DecodeError
 
-from codec_grpc import errors, wire
-from codec_grpc.codec import EnvelopeCodec
-from codec_grpc.config import parse_namespace
-from codec_grpc.interceptor import ObservingInterceptor, note_call
-from codec_grpc.keys import KeyManager, KeyStats
+from codec_grpc import errors
+from codec_grpc.core import protowire
+from codec_grpc.core.codec import EnvelopeCodec
+from codec_grpc.core.envelope import DataKey
+from codec_grpc.core.namespaces import resolve_namespace
+from codec_grpc.keys import CachedKeys, KeyManager, KeyStats, WouldBlock
 from codec_grpc.kms import KmsCallStats
 from codec_grpc.v1 import codec_pb2
 
 log = logging.getLogger(__name__)
 
-NAMESPACE_HEADER = "x-namespace"
 SERVICE_NAME = codec_pb2.DESCRIPTOR.services_by_name["CodecService"].full_name
+ENCODE, DECODE = "Encode", "Decode"
 
 _STATUS_BY_ERROR: Sequence[tuple[type[errors.CodecError], grpc.StatusCode]] = (
     (errors.NamespaceMismatchError, grpc.StatusCode.PERMISSION_DENIED),
@@ -45,7 +55,7 @@ _STATUS_BY_ERROR: Sequence[tuple[type[errors.CodecError], grpc.StatusCode]] = (
 
 
 def status_for(error: errors.CodecError) -> grpc.StatusCode:
-    """The gRPC status code for one of the service's errors."""
+    """The status code of one of the service's errors (INTERNAL for any other)."""
     for error_type, code in _STATUS_BY_ERROR:
         if isinstance(error, error_type):
             return code
@@ -58,18 +68,29 @@ class ServiceLimits:
     max_payloads: int = 10_000
 
 
-class CodecServicer:
-    """Serves CodecService by delegating to the envelope codec.
+class Batch:
+    """An Encode or Decode request, split and checked: its serialized payloads and its namespace."""
 
-    Encode and Decode take and return serialized messages (see :func:`method_handlers`):
-    the payloads are split out of the request and joined into the response as
-    bytes (``codec_grpc.wire``), never parsed into message objects here.
+    __slots__ = ("method", "namespace", "payloads", "request")
+
+    def __init__(self, method: str, request: bytes, payloads: list[bytes], namespace: str) -> None:
+        self.method = method
+        self.request = request
+        self.payloads = payloads
+        self.namespace = namespace
+
+
+class CodecService:
+    """Encode, Decode and Stats over serialized messages. Thread-safe.
+
+    A call is :meth:`prepare` (split, limits, namespace: no key needed), then
+    :meth:`run`, or :meth:`run_cached`, which never waits for KMS.
     """
 
     def __init__(
         self,
         codec: EnvelopeCodec,
-        keys: KeyManager,
+        keys: KeyManager[DataKey],
         kms_stats: Callable[[], KmsCallStats],
         limits: ServiceLimits,
     ) -> None:
@@ -78,69 +99,56 @@ class CodecServicer:
         self._kms_stats = kms_stats
         self._limits = limits
 
-    def Encode(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        try:
-            return self._serialized(self._encode, request, context)
-        except Exception as exc:
-            self._refuse(exc, context)
+    def prepare(self, method: str, request: bytes, header_namespace: str = "") -> Batch:
+        """Split an Encode or Decode request; ``header_namespace`` is the ``x-namespace`` header's value."""
+        with _refusals():
+            try:
+                payloads, namespace = protowire.split_request(request)
+            except protowire.WireError as exc:
+                raise errors.RequestError(f"malformed request: {exc}") from None
+            self._check_count(len(payloads))
+            resolved = resolve_namespace(namespace, header_namespace, default=self._limits.default_namespace)
+            return Batch(method, request, payloads, resolved)
 
-    def Decode(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        try:
-            return self._serialized(self._decode, request, context)
-        except Exception as exc:
-            self._refuse(exc, context)
+    def run(self, batch: Batch) -> bytes:
+        """The serialized response to a prepared batch, calling KMS when a key is not cached."""
+        with _refusals():
+            return self._run(batch, self._codec)
 
-    def Stats(self, request: bytes, context: grpc.ServicerContext) -> codec_pb2.StatsResponse:
-        try:
-            return self.stats(self._namespace(_stats_request(request).namespace, context))
-        except Exception as exc:
-            self._refuse(exc, context)
+    def run_cached(self, batch: Batch) -> bytes | None:
+        """Like :meth:`run` with cached keys only: None, having reserved and counted nothing, when a
+        key is not cached (the caller then runs the batch with :meth:`run`)."""
+        keys = CachedKeys(self._keys)
+        with _refusals():
+            try:
+                return self._run(batch, EnvelopeCodec(keys, bind_namespace=self._codec.bind_namespace))
+            except WouldBlock:
+                keys.forget()
+                return None
+            finally:
+                keys.count_hits()  # answered or refused here: the keys found were used
 
-    def call_serialized(self, method: str, request: bytes, codec: EnvelopeCodec | None = None) -> tuple[bytes, int]:
-        """``Encode`` or ``Decode`` outside gRPC (server.py's in-process HTTP gateway): the same checks
-        as the gRPC handlers, with ``codec`` (default: the service's). Returns the serialized response
-        and its payload count; raises the service's errors (:func:`status_for` maps them)."""
-        operation = self._encode if method == "Encode" else self._decode
-        payloads, namespace = self._split(request, None)
-        answers, count = operation(payloads, namespace, request, codec), len(payloads)
-        del payloads  # copies of the request's payloads: gone before the response is joined (memory peak)
-        return wire.join_response(answers), count
+    def stats(self, request: bytes, header_namespace: str = "") -> codec_pb2.StatsResponse:
+        """The Stats answer to a serialized StatsRequest."""
+        with _refusals():
+            try:
+                requested = codec_pb2.StatsRequest.FromString(request).namespace
+            except DecodeError:
+                raise errors.RequestError("malformed request: not a serialized StatsRequest") from None
+            namespace = resolve_namespace(requested, header_namespace, default=self._limits.default_namespace)
+            slot = (self._keys.policy.alias_for(namespace), namespace if self._codec.bind_namespace else None)
+            return stats_response(namespace, self._keys.stats(), self._kms_stats(), slot)
 
-    def _serialized(
-        self, operation: Callable[[list[bytes], str, bytes], list[bytes]], request: bytes, context: grpc.ServicerContext
-    ) -> bytes:
-        payloads, namespace = self._split(request, context)
-        note = note_call(len(payloads), namespace, len(request))
-        response = wire.join_response(operation(payloads, namespace, request))
-        note.sent = len(response)
-        return response
-
-    def _encode(
-        self, payloads: list[bytes], namespace: str, request: bytes, codec: EnvelopeCodec | None = None
-    ) -> list[bytes]:
-        # One parse of the whole request checks every payload; when it fails, the codec's own
-        # check (payload by payload) names the payload at fault.
-        checked = _parses(codec_pb2.EncodeRequest, request)
-        return (codec or self._codec).encode_serialized(payloads, namespace, checked=checked)
-
-    def _decode(
-        self, payloads: list[bytes], namespace: str, request: bytes, codec: EnvelopeCodec | None = None
-    ) -> list[bytes]:
-        return (codec or self._codec).decode_serialized(payloads, namespace)  # parses every payload anyway
-
-    def _split(self, request: bytes, context: grpc.ServicerContext | None) -> tuple[list[bytes], str]:
-        """A serialized Encode/Decode request's payloads and namespace, checked against the limits."""
-        try:
-            payloads, namespace = wire.split_request(request)
-        except wire.WireError as exc:
-            raise errors.RequestError(f"malformed request: {exc}") from None
-        self._check_count(len(payloads))
-        return payloads, self._namespace(namespace, context)
-
-    def stats(self, namespace: str) -> codec_pb2.StatsResponse:
-        """The Stats answer for a valid namespace."""
-        slot = (self._keys.policy.alias_for(namespace), namespace if self._codec.bind_namespace else None)
-        return stats_response(namespace, self._keys.stats(), self._kms_stats(), slot)
+    def _run(self, batch: Batch, codec: EnvelopeCodec) -> bytes:
+        if batch.method == ENCODE:
+            # One parse of the whole request checks every payload; when it fails, the codec's own
+            # check (payload by payload) names the payload at fault.
+            checked = _parses(codec_pb2.EncodeRequest, batch.request)
+            answers = codec.encode_serialized(batch.payloads, batch.namespace, checked=checked)
+        else:
+            answers = codec.decode_serialized(batch.payloads, batch.namespace)  # parses every payload anyway
+        batch.payloads = []  # copies of the request's payloads: gone before the response is joined (memory peak)
+        return protowire.join_response(answers)
 
     def _check_count(self, count: int) -> None:
         if count > self._limits.max_payloads:
@@ -149,50 +157,30 @@ class CodecServicer:
                 "(MAX_PAYLOADS_PER_REQUEST): split the batch"
             )
 
-    def _namespace(self, requested: str, context: grpc.ServicerContext | None) -> str:
-        if not requested and context is not None:
-            for name, value in context.invocation_metadata():
-                if name == NAMESPACE_HEADER and isinstance(value, str):
-                    requested = value
-        if not requested:
-            return self._limits.default_namespace
-        try:
-            return parse_namespace(requested)
-        except ValueError as exc:
-            raise errors.RequestError(f"invalid namespace: {exc}") from None
 
-    def _refuse(self, exc: Exception, context: grpc.ServicerContext) -> NoReturn:
-        """Abort the call with the status for ``exc``."""
-        if isinstance(exc, errors.CodecError):
-            code = status_for(exc)
-            log.warning("request refused: %s: %s", code.name, exc)
-            _abort(context, code, str(exc))
-        # The type and place only: a message or a traceback's locals might quote request data.
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """Log a refusal once; turn anything else into :class:`~codec_grpc.errors.InternalError`."""
+    try:
+        yield
+    except errors.CodecError as exc:
+        log.warning("request refused: %s: %s", status_for(exc).name, exc)
+        raise
+    except WouldBlock:
+        raise
+    except Exception as exc:
         frame = traceback.extract_tb(exc.__traceback__)[-1]
         log.error("internal error: %s at %s:%d", type(exc).__name__, frame.filename, frame.lineno)
         log.debug("internal error details", exc_info=exc)
-        _abort(context, grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
+        raise errors.InternalError() from None
 
 
-def _parses(message: type[Message], request: bytes) -> bool:
+def _parses(message: type[codec_pb2.EncodeRequest], request: bytes) -> bool:
     try:
         message.FromString(request)
     except DecodeError:
         return False
     return True
-
-
-def _stats_request(request: bytes) -> codec_pb2.StatsRequest:
-    """Parse a StatsRequest here: grpc's own deserializer would answer garbage with INTERNAL."""
-    try:
-        return codec_pb2.StatsRequest.FromString(request)
-    except DecodeError:
-        raise errors.RequestError("malformed request: not a serialized StatsRequest") from None
-
-
-def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
-    context.abort(code, message)
-    raise AssertionError("unreachable: context.abort raises")
 
 
 def stats_response(
@@ -206,13 +194,13 @@ def stats_response(
         kms_decrypt_calls=kms.count("Decrypt"),
         kms_errors=kms.errors,
         kms_decrypt_short_circuited=kms.short_circuited,
-        hot_cache_hits=keys.hot_hits,
-        hot_cache_misses=keys.hot_misses,
-        cold_cache_hits=keys.cold_hits,
-        cold_cache_misses=keys.cold_misses,
-        cold_cache_evictions=keys.cold_evictions,
-        cold_cache_size=keys.cold_size,
-        cold_cache_capacity=keys.cold_capacity,
+        current_cache_hits=keys.current_hits,
+        current_cache_misses=keys.current_misses,
+        decrypted_cache_hits=keys.decrypted_hits,
+        decrypted_cache_misses=keys.decrypted_misses,
+        decrypted_cache_evictions=keys.decrypted_evictions,
+        decrypted_cache_size=keys.decrypted_size,
+        decrypted_cache_capacity=keys.decrypted_capacity,
         kms_degraded=keys.degraded,
         data_key_renewal_failures=keys.refresh_failures,
         kms_last_error=keys.last_refresh_error,
@@ -229,83 +217,9 @@ def stats_response(
             next_key_ready=current.next_ready,
             overdue=current.overdue,
         )
-        if (current.alias, current.namespace) == slot:
+        if current.slot == slot:
             response.current_key_present = True
             response.current_key_age_seconds = current.age
             response.current_key_expires_in_seconds = current.expires_in
             response.current_key_expired = current.expired
     return response
-
-
-@dataclass(frozen=True)
-class ServerOptions:
-    host: str = "127.0.0.1"
-    port: int = 0
-    max_message_bytes: int = 16 * 1024 * 1024
-    max_workers: int = 16
-    credentials: grpc.ServerCredentials | None = None  # None: plaintext
-    # Off unless WORKERS > 1: with it on, a second server started by mistake on the same port
-    # would silently share the traffic instead of failing to bind.
-    reuse_port: bool = False
-
-
-def method_handlers(servicer: CodecServicer) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
-    """CodecService's handlers: requests arrive as bytes (no deserializers), parsed by the servicer."""
-    return {
-        "Encode": grpc.unary_unary_rpc_method_handler(servicer.Encode),
-        "Decode": grpc.unary_unary_rpc_method_handler(servicer.Decode),
-        "Stats": grpc.unary_unary_rpc_method_handler(
-            servicer.Stats, response_serializer=codec_pb2.StatsResponse.SerializeToString
-        ),
-    }
-
-
-def grpc_server(
-    options: ServerOptions, interceptors: Sequence[grpc.ServerInterceptor[Any, Any]] = ()
-) -> tuple[grpc.Server, int]:
-    """A threaded gRPC server with the service's options, bound but without services."""
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="grpc"),
-        options=[
-            ("grpc.max_receive_message_length", options.max_message_bytes),
-            ("grpc.so_reuseport", int(options.reuse_port)),
-        ],
-        interceptors=list(interceptors),
-    )
-    address = f"[{options.host}]:{options.port}" if ":" in options.host else f"{options.host}:{options.port}"
-    try:
-        if options.credentials is None:
-            port = server.add_insecure_port(address)
-        else:
-            port = server.add_secure_port(address, options.credentials)
-    except RuntimeError:  # grpc's way of saying the bind failed
-        port = 0
-    if port == 0:
-        raise OSError(f"cannot listen on {address} (address in use, or not an address of this machine)")
-    return server, port
-
-
-def create_server(
-    servicer: CodecServicer,
-    options: ServerOptions,
-    health_servicer: health.HealthServicer | None = None,
-    interceptors: Sequence[grpc.ServerInterceptor[Any, Any]] = (),
-    observer: ObservingInterceptor | None = None,
-) -> tuple[grpc.Server, int]:
-    """Build (not start) a threaded gRPC server; returns it with the bound port.
-
-    Besides CodecService it serves the standard ``grpc.health.v1.Health`` service
-    (SERVING for "" and for CodecService's full name) and server reflection, so
-    grpcurl and Kubernetes' gRPC probes work without proto files.
-    """
-    server, port = grpc_server(options, interceptors)
-    handlers = method_handlers(servicer)
-    if observer is not None:
-        handlers = {name: observer.wrap(SERVICE_NAME, name, handler) for name, handler in handlers.items()}
-    server.add_registered_method_handlers(SERVICE_NAME, handlers)  # type: ignore[attr-defined]
-    health_servicer = health_servicer or health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    return server, port

@@ -1,0 +1,298 @@
+"""The HTTP/JSON gateway: the codec-server protocol of the Temporal Web UI, CLI and Go SDK.
+
+A thin transport: it parses proto3 JSON (``jsonwire``, falling back to ``body``),
+checks the caller (CORS, optional bearer token, ``auth``) and hands the
+serialized request to an :class:`~codec_grpc.gateway.upstreams.Upstream`.
+Failures arrive as :class:`~codec_grpc.gateway.statuses.HttpError`. Routes (any
+path prefix; the query string is ignored):
+
+    POST …/encode, POST …/decode      {"payloads": [...]} in and out
+    POST /{namespace}/encode|decode   namespace from the path when X-Namespace is absent
+    POST …/download                   404: no external storage here
+    GET  /health                      200 only when the codec service is SERVING
+    GET  /stats                       key-cache and KMS counters (never key material)
+
+Serving it (a port, a thread, a process) is ``codec_grpc.gateway.runner``'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from aiohttp import web
+
+from codec_grpc import errors
+from codec_grpc.core.namespaces import NAMESPACE_HEADER, resolve_namespace
+from codec_grpc.core.protowire import WireError
+from codec_grpc.gateway.auth import AuthError, AuthUnavailableError, TokenVerifier
+from codec_grpc.gateway.body import BodyError, stats_json
+from codec_grpc.gateway.jsonwire import request_bytes, response_document
+from codec_grpc.gateway.statuses import FAILED, HttpError
+from codec_grpc.gateway.upstreams import OFF_LOOP_BYTES, Upstream
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("codec_grpc.access")
+
+ALLOW_METHODS = "POST, OPTIONS"
+ALLOW_HEADERS = f"content-type, {NAMESPACE_HEADER}, authorization, authorization-extras"
+# The routes the gateway knows (the last path segment); anything else is "other" in logs and metrics,
+# so a scanner requesting random paths cannot create unbounded label values.
+ROUTES = frozenset({"encode", "decode", "download", "health", "stats", "other"})
+
+T = TypeVar("T")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    default_namespace: str = "default"
+    max_body_bytes: int = 16 * 1024 * 1024
+    allowed_origins: frozenset[str] = frozenset()
+    upstream_timeout: float = 30.0
+
+
+class RequestMetrics(Protocol):
+    """Where requests are counted (``codec_grpc.runtime.metrics.GatewayMetrics``)."""
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        """One answered request; ``route`` is one of :data:`ROUTES`."""
+        ...
+
+
+def create_app(
+    settings: GatewaySettings,
+    upstream: Upstream,
+    verifier: TokenVerifier | None = None,
+    metrics: RequestMetrics | None = None,
+) -> web.Application:
+    """The aiohttp application; every answer passes through the CORS/error middleware, and is
+    logged (one access line) and counted (when ``metrics`` is given)."""
+    routes = _Routes(settings, upstream, verifier)
+    # Outermost: sees the final status of every answer.
+    middlewares = [_observed(metrics), _cors_and_errors(settings.allowed_origins)]
+    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
+    app.router.add_route("*", "/{path:.*}", routes.dispatch)
+    return app
+
+
+class _AccessNote:
+    """What a codec route tells the access line: never payload contents."""
+
+    __slots__ = ("namespace", "payloads", "subject")
+
+    def __init__(self) -> None:
+        self.namespace = ""
+        self.payloads = 0
+        self.subject = ""
+
+
+_NOTE = web.RequestKey("access_note", _AccessNote)
+# Probes and preflights would drown the lines that matter: they log at DEBUG.
+_QUIET_ROUTES = frozenset({"health"})
+
+
+def _observed(metrics: RequestMetrics | None) -> Any:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.monotonic()
+        status = 500
+        note = request[_NOTE] = _AccessNote()
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        finally:
+            seconds = time.monotonic() - started
+            route = request.path.rstrip("/").rpartition("/")[2]
+            route = route if route in ROUTES else "other"
+            try:
+                if metrics is not None:
+                    metrics.observe(route, request.method, status, seconds)
+                _log_access(request, route, status, seconds, note)
+            except Exception:  # counting and logging must never fail an answer
+                log.exception("cannot record an HTTP request")
+
+    return middleware
+
+
+def _log_access(request: web.Request, route: str, status: int, seconds: float, note: _AccessNote) -> None:
+    """One line per HTTP request, like the gRPC access line (logger ``codec_grpc.access``): the route
+    (only the known ones; anything else is ``other``), status, payload count, sizes, namespace, peer,
+    and the token's subject when auth is on. An audit trail of who encoded and decoded what."""
+    quiet = route in _QUIET_ROUTES or request.method == "OPTIONS"
+    level = logging.DEBUG if quiet else logging.INFO
+    if not access_log.isEnabledFor(level):
+        return
+    duration_ms = round(seconds * 1000, 3)
+    access_log.log(
+        level,
+        "HTTP %s %s %d payloads=%d duration_ms=%.1f namespace=%s",
+        request.method,
+        route,
+        status,
+        note.payloads,
+        duration_ms,
+        note.namespace or "-",
+        extra={
+            "http_method": request.method,
+            "http_route": route,
+            "http_status": status,
+            "payloads": note.payloads,
+            "request_bytes": request.content_length or 0,
+            "duration_ms": duration_ms,
+            "namespace": note.namespace,
+            "peer": request.remote or "",
+            "subject": note.subject,
+        },
+    )
+
+
+def _cors_and_errors(allowed: frozenset[str]) -> Any:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            response = await handler(request)
+        except HttpError as exc:
+            response = _json_error(exc.status, exc.message, exc.headers)
+        except web.HTTPException as exc:
+            response = _json_error(exc.status, exc.reason)
+        except Exception:
+            log.exception("internal error in the HTTP gateway")
+            response = _json_error(500, "internal error; the server log has the details")
+        # On every answer, errors included: otherwise the browser hides the error from the UI.
+        response.headers["Vary"] = "Origin"
+        origin = request.headers.get("Origin", "")
+        if origin.lower() in allowed:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Allow-Credentials"] = "true"
+        return response
+
+    return middleware
+
+
+def _json_error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status, body=json.dumps({"error": message}).encode(), content_type="application/json", headers=headers
+    )
+
+
+async def _off_loop(size: int, function: Callable[..., T], *args: Any) -> T:
+    """Run JSON work for a large body on a thread: a batch near GATEWAY_MAX_BODY_BYTES takes
+    about a second of CPU, which on the event loop would stall /health (probe timeouts) and
+    every small call. Small bodies stay on the loop, where a thread hop would cost more."""
+    if size > OFF_LOOP_BYTES:
+        return await asyncio.to_thread(function, *args)
+    return function(*args)
+
+
+class _Routes:
+    def __init__(self, settings: GatewaySettings, upstream: Upstream, verifier: TokenVerifier | None) -> None:
+        self._settings = settings
+        self._upstream = upstream
+        self._verifier = verifier
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        """Route on the last path segment so that any path prefix works."""
+        segments = [part for part in request.path.split("/") if part]
+        action = segments[-1] if segments else ""
+        if request.method == "OPTIONS":
+            return self._preflight(request)
+        if action in ("encode", "decode", "download") and request.method != "POST":
+            raise HttpError(405, f"use POST for …/{action}", {"Allow": ALLOW_METHODS})
+        if action in ("encode", "decode"):
+            return await self._codec_call(request, action, segments)
+        if action == "download":
+            raise HttpError(404, "external storage is not configured on this codec server: nothing to download")
+        if action in ("health", "stats") and request.method not in ("GET", "HEAD"):
+            raise HttpError(405, f"use GET for /{action}", {"Allow": "GET, HEAD"})
+        if action == "health":
+            return await self._health()
+        if action == "stats":
+            return await self._stats(request, segments)
+        raise HttpError(404, "not found: the codec endpoints are POST …/encode and POST …/decode")
+
+    def _preflight(self, request: web.Request) -> web.Response:
+        origin = request.headers.get("Origin")
+        if origin is not None and origin.lower() not in self._settings.allowed_origins:
+            raise HttpError(403, f"origin {origin!r} is not allowed (CORS_ALLOWED_ORIGINS)")
+        return web.Response(
+            status=204,
+            headers={
+                "Access-Control-Allow-Methods": ALLOW_METHODS,
+                "Access-Control-Allow-Headers": ALLOW_HEADERS,
+                "Access-Control-Max-Age": "600",
+                "Allow": ALLOW_METHODS,
+            },
+        )
+
+    async def _codec_call(self, request: web.Request, action: str, segments: list[str]) -> web.Response:
+        namespace = self._namespace(request, segments)
+        request[_NOTE].namespace = namespace
+        await self._authorize(request, namespace)
+        body = await self._read_body(request)
+        try:
+            request_wire = await _off_loop(len(body), request_bytes, body, namespace)
+        except BodyError as exc:
+            raise HttpError(400, str(exc)) from None
+        size = len(body)
+        response = await self._upstream.call(action.capitalize(), request_wire, self._settings.upstream_timeout)
+        del request_wire  # a large batch's copies go as soon as they are done with (memory peak)
+        try:
+            answer, request[_NOTE].payloads = await _off_loop(size, response_document, response)
+        except WireError as exc:
+            log.warning("malformed %s response from the codec service: %s", action, exc)
+            raise HttpError(*FAILED) from None
+        return web.Response(body=answer, content_type="application/json")
+
+    def _namespace(self, request: web.Request, segments: list[str]) -> str:
+        """X-Namespace, else the path form /{namespace}/{action}, else DEFAULT_NAMESPACE."""
+        header = request.headers.get(NAMESPACE_HEADER, "").strip()
+        in_path = segments[0] if len(segments) == 2 else ""
+        try:
+            return resolve_namespace(header, in_path, default=self._settings.default_namespace)
+        except errors.RequestError as exc:
+            raise HttpError(400, str(exc)) from None
+
+    async def _authorize(self, request: web.Request, namespace: str) -> None:
+        if self._verifier is None:
+            return
+        verifier = self._verifier
+        try:
+            # May fetch the JWKS over the network: never on the event loop.
+            claims = await asyncio.to_thread(verifier.verify, request.headers.get("Authorization"))
+        except AuthError as exc:
+            raise HttpError(401, str(exc), {"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
+        except AuthUnavailableError as exc:
+            log.warning("token not checked: %s: %s", exc, exc.__cause__)
+            raise HttpError(503, f"{exc}; retry later") from None
+        subject = claims.get("sub")
+        request[_NOTE].subject = subject[:200] if isinstance(subject, str) else ""
+        if not verifier.permits(claims, namespace):
+            raise HttpError(403, f"namespace {namespace!r} is not permitted for this token")
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        limit = self._settings.max_body_bytes
+        too_large = HttpError(413, f"request body larger than {limit} bytes (GATEWAY_MAX_BODY_BYTES): split the batch")
+        if request.content_length is not None and request.content_length > limit:
+            raise too_large
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise too_large from None
+
+    async def _health(self) -> web.Response:
+        status = await self._upstream.health()
+        return web.json_response({"status": status}, status=200 if status == "SERVING" else 503)
+
+    async def _stats(self, request: web.Request, segments: list[str]) -> web.Response:
+        namespace = self._namespace(request, segments)
+        request[_NOTE].namespace = namespace
+        await self._authorize(request, namespace)
+        answer = await self._upstream.stats(namespace, self._settings.upstream_timeout)
+        return web.json_response(stats_json(answer))

@@ -1,0 +1,26 @@
+"""Key management: which data key encrypts a batch and which one decrypts a payload.
+
+* :mod:`~codec_grpc.keys.manager`: :class:`KeyManager` (master key per namespace,
+  rotation, refresh ahead, outage grace) and :class:`CachedKeys`, its view that
+  never waits for KMS;
+* :mod:`~codec_grpc.keys.caches`: the current-key and decrypted-key caches, with
+  validated limits;
+* :mod:`~codec_grpc.keys.singleflight`: concurrent misses share one provider call;
+* :mod:`~codec_grpc.keys.provider`: the :class:`KeyProvider` interface that the
+  KMS layer below implements (structurally: it does not import this package).
+"""
+
+from codec_grpc.keys.caches import CurrentKeyInfo
+from codec_grpc.keys.manager import CachedKeys, KeyManager, KeyPolicy, KeyStats, WouldBlock
+from codec_grpc.keys.provider import KeyProvider, WrappedKey
+
+__all__ = [
+    "CachedKeys",
+    "CurrentKeyInfo",
+    "KeyManager",
+    "KeyPolicy",
+    "KeyProvider",
+    "KeyStats",
+    "WouldBlock",
+    "WrappedKey",
+]

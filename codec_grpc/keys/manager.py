@@ -1,0 +1,346 @@
+"""Key management: which master key a namespace uses, and the data-key caches.
+
+:class:`KeyManager` answers the codec's two questions, "which data key encrypts
+this batch?" and "which data key decrypts this payload?", from its caches when
+it can and through the key provider (KMS) when it must. Concurrent misses for
+the same key share one provider call (single-flight). Thread-safe.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Generic
+
+from codec_grpc import errors
+from codec_grpc.keys.caches import Clock, CurrentKeyCache, CurrentKeyInfo, DecryptedKeyCache, K, Slot
+from codec_grpc.keys.provider import KeyProvider
+from codec_grpc.keys.singleflight import SingleFlight
+
+log = logging.getLogger(__name__)
+# Builds the key object the caches hold from (plaintext, master key ARN, encrypted key, bound namespace):
+# the codec core's DataKey in production, which precomputes what every payload under the key shares.
+KeyFactory = Callable[[bytes, str, bytes, str | None], K]
+
+
+@dataclass(frozen=True)
+class KeyPolicy:
+    """Master keys per namespace and the limits of the data-key caches."""
+
+    default_alias: str
+    namespace_aliases: Mapping[str, str] = field(default_factory=dict)
+    rotation_interval: float = 3600.0
+    max_encryptions: int = 10_000_000
+    cache_ttl: float = 86400.0
+    cache_capacity: int = 10_000
+    outage_grace: float = 3600.0
+    refresh_backoff: float = 1.0
+    refresh_backoff_max: float = 60.0
+
+    def alias_for(self, namespace: str) -> str:
+        return self.namespace_aliases.get(namespace, self.default_alias)
+
+
+@dataclass(frozen=True)
+class KeyStats:
+    """Counters and current keys of both caches, as Stats and the metrics show them: never key material."""
+
+    cached_keys: int  # distinct data keys held in memory, both caches
+    current_keys: list[CurrentKeyInfo]
+    current_hits: int
+    current_misses: int
+    decrypted_hits: int
+    decrypted_misses: int
+    decrypted_evictions: int
+    decrypted_size: int
+    decrypted_capacity: int
+    refresh_failures: int = 0
+    degraded: bool = False
+    last_refresh_error: str = ""
+
+
+class KeyManager(Generic[K]):
+    """Data keys for encryption (current key per slot) and decryption (unwrapped keys).
+
+    ``make_key`` builds the key objects the caches hold (see :data:`KeyFactory`).
+    """
+
+    def __init__(
+        self,
+        provider: KeyProvider,
+        policy: KeyPolicy,
+        make_key: KeyFactory[K],
+        *,
+        clock: Clock = time.monotonic,
+        spawn: Callable[[Callable[[], None]], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.policy = policy
+        self._provider = provider
+        self._make_key = make_key
+        self._current: CurrentKeyCache[K] = CurrentKeyCache(
+            max_age=policy.rotation_interval,
+            max_encryptions=policy.max_encryptions,
+            grace=policy.outage_grace,
+            clock=clock,
+        )
+        self._spawn = spawn or _daemon_thread
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._refreshing: set[Slot] = set()
+        self._failing: dict[Slot, str] = {}
+        self._refresh_failures = 0
+        self._decrypted: DecryptedKeyCache[K] = DecryptedKeyCache(
+            ttl=policy.cache_ttl, capacity=policy.cache_capacity, clock=clock
+        )
+        self._generating: SingleFlight[None] = SingleFlight()
+        self._unwrapping: SingleFlight[K] = SingleFlight()
+
+    def encryption_key(self, namespace: str, binding: str | None, count: int) -> K:
+        """The current data key for ``namespace``'s master key, reserved for ``count`` uses.
+
+        ``binding`` is the namespace the key is bound to (None: unbound). A new key
+        is generated when there is none, or the current one is too old or used up.
+        """
+        if count > self.policy.max_encryptions:
+            raise errors.RequestTooLargeError(
+                f"a batch of {count} payloads exceeds DATA_KEY_MAX_ENCRYPTIONS={self.policy.max_encryptions}"
+            )
+        slot = (self.policy.alias_for(namespace), binding)
+        while True:
+            reserved = self._current.reserve(slot, count)
+            if reserved.key is not None:
+                if reserved.replaced is not None:
+                    _log_rotation(slot, reserved.key.key_id, reserved.replaced)
+                if reserved.refresh:
+                    self._refresh_ahead(slot)
+                return reserved.key
+            try:
+                self._generating.do(slot, functools.partial(self._rotate, slot, reserved.generation))
+            except errors.KmsUnavailableError as exc:
+                return self._outage_key(slot, count, exc)
+            except errors.KeyProviderError as exc:
+                self._failed(slot, exc)  # degraded in Stats too: KMS refuses, and no grace applies
+                raise
+
+    def decryption_key(self, key_arn: str, encrypted_key: bytes, binding: str | None) -> K:
+        """The data key ``encrypted_key`` wraps, unwrapped through KMS at most once while cached."""
+        cache_key = (key_arn, encrypted_key, binding)
+        key = self._decrypted.get(cache_key)
+        if key is not None:
+            return key
+        return self._unwrapping.do(cache_key, lambda: self._unwrap(key_arn, encrypted_key, binding))
+
+    def cached_encryption_key(self, namespace: str, binding: str | None, count: int) -> K | None:
+        """Like :meth:`encryption_key` without ever calling KMS or waiting for a call: the current key,
+        reserved for ``count`` uses, or None when a new key would be needed. None reserves nothing and
+        counts no miss: the caller asks :meth:`encryption_key` next, which counts it."""
+        if count > self.policy.max_encryptions:
+            return self.encryption_key(namespace, binding, count)  # raises RequestTooLargeError, no KMS
+        slot = (self.policy.alias_for(namespace), binding)
+        reserved = self._current.reserve_cached(slot, count)
+        if reserved.key is None:
+            return None
+        if reserved.replaced is not None:
+            _log_rotation(slot, reserved.key.key_id, reserved.replaced)
+        if reserved.refresh:
+            self._refresh_ahead(slot)  # starts a thread: does not wait for KMS
+        return reserved.key
+
+    def cached_decryption_key(self, key_arn: str, encrypted_key: bytes, binding: str | None) -> K | None:
+        """Like :meth:`decryption_key` without ever calling KMS or waiting for a call: None when the key
+        is not cached. Counts nothing: a call that will not be redone through :meth:`decryption_key`
+        reports the keys it found with :meth:`count_cached_hits`."""
+        return self._decrypted.peek((key_arn, encrypted_key, binding))
+
+    def count_cached_hits(self, found: Iterable[tuple[str, bytes, str | None]]) -> None:
+        """Count as cache hits (and as recently used) the keys :meth:`cached_decryption_key` found,
+        given as its arguments."""
+        for wrapped in found:
+            self._decrypted.touch(wrapped)
+
+    def stats(self) -> KeyStats:
+        current = self._current.describe()
+        held = self._current.current_keys()
+        in_both = sum(1 for k in held if (k.key_id, k.encrypted_key, k.namespace) in self._decrypted)
+        decrypted_size = len(self._decrypted)
+        with self._lock:
+            failing = dict(self._failing)
+            refresh_failures = self._refresh_failures
+        return KeyStats(
+            refresh_failures=refresh_failures,
+            degraded=bool(failing),
+            last_refresh_error=next(iter(failing.values()), ""),
+            cached_keys=decrypted_size + len(held) - in_both,
+            current_keys=current,
+            current_hits=self._current.hits,
+            current_misses=self._current.misses,
+            decrypted_hits=self._decrypted.hits,
+            decrypted_misses=self._decrypted.misses,
+            decrypted_evictions=self._decrypted.evictions,
+            decrypted_size=decrypted_size,
+            decrypted_capacity=self._decrypted.capacity,
+        )
+
+    def _rotate(self, slot: Slot, seen: int) -> None:
+        """Generate a key for a slot with none usable; every caller waits for it."""
+        if self._current.generation(slot) != seen or self._current.has_next(slot):
+            return  # replaced meanwhile, or a next key arrived: the caller's next reserve takes it
+        key = self._generate(slot)
+        previous = next((info for info in self._current.describe() if info.slot == slot), None)
+        self._current.install(slot, key)
+        self._recovered(slot)
+        _log_rotation(slot, key.key_id, previous)
+
+    def _outage_key(self, slot: Slot, count: int, error: errors.KmsUnavailableError) -> K:
+        """KMS cannot renew the slot's key: the last good one serves through the grace, or ``error`` stands."""
+        self._failed(slot, error)
+        reserved = self._current.reserve(slot, count)
+        if reserved.key is None:
+            raise error
+        self._refresh_ahead(slot)
+        return reserved.key
+
+    def _refresh_ahead(self, slot: Slot) -> None:
+        """Fetch the slot's next key in the background, unless that is already under way."""
+        with self._lock:
+            if slot in self._refreshing:
+                return
+            self._refreshing.add(slot)
+        self._spawn(functools.partial(self._refresh_loop, slot))
+
+    def _refresh_loop(self, slot: Slot) -> None:
+        """Until the slot has a next key: generate one, backing off while KMS fails."""
+        delay = self.policy.refresh_backoff
+        try:
+            while self._current.wants_next(slot):
+                try:
+                    # Under the slot's single-flight: a caller that cannot wait any more joins this call.
+                    self._generating.do(slot, functools.partial(self._fetch_next, slot))
+                except errors.KeyProviderError as exc:
+                    self._failed(slot, exc, delay)
+                    self._sleep(delay)
+                    delay = min(delay * 2, self.policy.refresh_backoff_max)
+                    continue
+                self._recovered(slot)
+                return
+        except Exception:
+            log.exception("data key refresh for %s stopped", _slot_name(slot))
+        finally:
+            with self._lock:
+                self._refreshing.discard(slot)
+
+    def _fetch_next(self, slot: Slot) -> None:
+        if self._current.wants_next(slot):
+            key = self._generate(slot)
+            if self._current.offer_next(slot, key):
+                log.info("next data key ready under %s for %s", key.key_id, _slot_name(slot))
+
+    def _generate(self, slot: Slot) -> K:
+        alias, binding = slot
+        generated = self._provider.generate_data_key(alias, binding)
+        key = self._make_key(generated.plaintext, generated.key_arn, generated.encrypted_key, binding)
+        self._decrypted.put((key.key_id, key.encrypted_key, binding), key)
+        return key
+
+    def _failed(self, slot: Slot, error: errors.KeyProviderError, retry_in: float | None = None) -> None:
+        """Record a failed renewal; only an unavailable KMS lets the current key serve through the grace."""
+        outage = isinstance(error, errors.KmsUnavailableError) and self._current.set_outage(slot, True)
+        with self._lock:
+            self._failing[slot] = str(error)
+            self._refresh_failures += 1
+        retry = "" if retry_in is None else f", retrying in {retry_in:.1f}s"
+        grace = f"; the current key serves up to {self.policy.outage_grace:g}s past its rotation" if outage else ""
+        log.warning("data key renewal for %s failed%s%s: %s", _slot_name(slot), retry, grace, error)
+
+    def _recovered(self, slot: Slot) -> None:
+        self._current.set_outage(slot, False)
+        with self._lock:
+            failed = self._failing.pop(slot, None)
+        if failed is not None:
+            log.warning("data key refresh for %s recovered", _slot_name(slot))
+
+    def _unwrap(self, key_arn: str, encrypted_key: bytes, binding: str | None) -> K:
+        cache_key = (key_arn, encrypted_key, binding)
+        key = self._decrypted.peek(cache_key)
+        if key is not None:
+            return key  # filled by a call that finished while this one was queued
+        plaintext = self._provider.decrypt_data_key(encrypted_key, key_arn, binding)
+        key = self._make_key(plaintext, key_arn, encrypted_key, binding)
+        self._decrypted.put(cache_key, key)
+        return key
+
+
+def _daemon_thread(target: Callable[[], None]) -> None:
+    threading.Thread(target=target, name="data-key-refresh", daemon=True).start()
+
+
+def _slot_name(slot: Slot) -> str:
+    alias, binding = slot
+    return f"{alias} (namespace {binding})" if binding is not None else f"{alias} (unbound)"
+
+
+def _log_rotation(slot: Slot, key_arn: str, previous: CurrentKeyInfo | None) -> None:
+    """One line per new data key: which master key wrapped it and how old the key it replaces was."""
+    alias, namespace = slot
+    age = None if previous is None else round(previous.age, 3)
+    log.info(
+        "new data key for %s (namespace %s) under %s; previous key age %s s",
+        alias,
+        namespace or "unbound",
+        key_arn,
+        "-" if age is None else f"{age:.1f}",
+        extra={
+            "event": "data_key_rotated",
+            "key_alias": alias,
+            "namespace": namespace or "",
+            "key_arn": key_arn,
+            "previous_key_arn": None if previous is None else previous.key_arn,
+            "previous_key_age_seconds": age,
+            "previous_key_encryptions": None if previous is None else previous.encryptions,
+        },
+    )
+
+
+class WouldBlock(Exception):
+    """A data key is not in the caches: getting it means waiting for KMS."""
+
+
+class CachedKeys(Generic[K]):
+    """A key source over a :class:`KeyManager` that never calls KMS nor waits for a call: it answers
+    from the caches, or raises :class:`WouldBlock`. For a caller that must not block (an event loop)
+    and redoes the whole call with the manager itself when a key is missing.
+
+    One per call: the decryption keys it found count as cache hits only once the call is known not
+    to be redone (:meth:`count_hits`); a miss reserves nothing and counts nothing, so the caches'
+    counters read as for one call through the manager.
+    """
+
+    def __init__(self, keys: KeyManager[K]) -> None:
+        self._keys = keys
+        self._found: list[tuple[str, bytes, str | None]] = []
+
+    def encryption_key(self, namespace: str, binding: str | None, count: int) -> K:
+        key = self._keys.cached_encryption_key(namespace, binding, count)
+        if key is None:
+            raise WouldBlock
+        return key
+
+    def decryption_key(self, key_arn: str, encrypted_key: bytes, binding: str | None) -> K:
+        key = self._keys.cached_decryption_key(key_arn, encrypted_key, binding)
+        if key is None:
+            raise WouldBlock
+        self._found.append((key_arn, encrypted_key, binding))
+        return key
+
+    def count_hits(self) -> None:
+        """The call was answered (or refused) with these keys: count what it found."""
+        self._keys.count_cached_hits(self._found)
+
+    def forget(self) -> None:
+        """The call is to be redone: what it found must not count."""
+        self._found.clear()

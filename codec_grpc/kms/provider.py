@@ -1,0 +1,276 @@
+"""KMS key provider: the only module that talks to AWS KMS.
+
+The boto3 KMS client is created once (:func:`codec_grpc.kms.client.kms_client`,
+called by the wiring) and injected; its retries and timeouts are botocore's. Every botocore error
+is translated here into the service's own errors (``codec_grpc.errors``), whose
+messages name only the key id. KMS answers are checked before use.
+
+Fail fast: a Decrypt against an unreachable KMS costs up to KMS_MAX_ATTEMPTS ×
+(KMS_CONNECT_TIMEOUT or KMS_READ_TIMEOUT), 15 s with the defaults when KMS hangs:
+too long for a person waiting in the Temporal UI, and every such call holds a
+server thread. So once a call found KMS unavailable, Decrypt calls fail at once,
+without a request, for ``fail_fast`` seconds; the first one after that tries KMS
+again, and any successful call ends the pause early (the background data-key
+renewal keeps probing). GenerateDataKey is never short-circuited: the outage grace
+and the renewal's own backoff govern it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import botocore.exceptions
+
+from codec_grpc import errors
+
+# GenerateDataKey is asked for KeySpec AES_256: a plaintext of any other length is refused.
+KEY_SIZE = 32
+NAMESPACE_CONTEXT_KEY = "temporal-namespace"
+# Told of every KMS call: (operation, outcome, seconds). How metrics see KMS without this module knowing them.
+KmsObserver = Callable[[str, str, float], None]
+# Told of every call refused without a request by the fail-fast pause: (operation,).
+ShortCircuitObserver = Callable[[str], None]
+
+_UNAVAILABLE_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "Throttling",
+        "LimitExceededException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "KMSInternalException",
+        "InternalFailure",
+        "InternalError",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "DependencyTimeoutException",
+        "KeyUnavailableException",
+        "CustomKeyStoreInvalidStateException",
+    }
+)
+_ACCESS_CODES = frozenset(
+    {
+        "AccessDeniedException",
+        "AccessDenied",
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+        "ExpiredTokenException",
+        "InvalidClientTokenId",
+        "MissingAuthenticationToken",
+    }
+)
+_STATE_CODES = frozenset({"DisabledException", "KMSInvalidStateException", "InvalidKeyUsageException"})
+_NOT_FOUND_CODES = frozenset({"NotFoundException"})
+_CIPHERTEXT_CODES = frozenset({"InvalidCiphertextException", "IncorrectKeyException"})
+# On Decrypt the key id and the encrypted data key come from the payload: when KMS finds no such key,
+# or finds them malformed (AWS checks lengths and ARN syntax), the payload is at fault, not the server.
+_PAYLOAD_FAULT_CODES = frozenset({"NotFoundException", "ValidationException", "InvalidArnException"})
+_NETWORK_ERRORS = (
+    botocore.exceptions.EndpointConnectionError,
+    botocore.exceptions.ConnectTimeoutError,
+    botocore.exceptions.ReadTimeoutError,
+    botocore.exceptions.ConnectionClosedError,
+    botocore.exceptions.HTTPClientError,
+)
+
+
+def encryption_context(namespace: str | None) -> dict[str, str]:
+    """The KMS encryption context for data keys bound to ``namespace`` (None: unbound)."""
+    return {} if namespace is None else {NAMESPACE_CONTEXT_KEY: namespace}
+
+
+@dataclass(frozen=True)
+class GeneratedKey:
+    """A data key fresh from GenerateDataKey. ``plaintext`` is never shown by repr."""
+
+    plaintext: bytes = field(repr=False)
+    encrypted_key: bytes
+    key_arn: str
+
+
+@dataclass(frozen=True)
+class KmsCallStats:
+    """Counts of KMS calls by operation and outcome, and their total duration."""
+
+    calls: Mapping[tuple[str, str], int]
+    seconds: Mapping[str, float]
+    short_circuited: int = 0  # Decrypt calls refused without a request (fail fast)
+
+    def count(self, operation: str, outcome: str | None = None) -> int:
+        return sum(n for (op, out), n in self.calls.items() if op == operation and outcome in (None, out))
+
+    @property
+    def errors(self) -> int:
+        return sum(n for (_, out), n in self.calls.items() if out != "success")
+
+
+class KmsKeyProvider:
+    """Generates and unwraps data keys through an injected boto3 KMS client. Thread-safe.
+
+    Implements ``codec_grpc.keys.KeyProvider`` (structurally: this layer imports nothing above it).
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        observer: KmsObserver | None = None,
+        fail_fast: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+        short_circuit_observer: ShortCircuitObserver | None = None,
+    ) -> None:
+        if fail_fast < 0:
+            raise ValueError(f"fail_fast must be 0 or more, got {fail_fast}")
+        self._client = client
+        self._observer = observer
+        self._short_circuit_observer = short_circuit_observer
+        self._fail_fast = fail_fast
+        self._clock = clock
+        self._unavailable_until = 0.0
+        self._last_unavailable = ""
+        self._short_circuited = 0
+        self._lock = threading.Lock()
+        self._calls: Counter[tuple[str, str]] = Counter()
+        self._seconds: dict[str, float] = defaultdict(float)
+
+    def generate_data_key(self, key_id: str, namespace: str | None) -> GeneratedKey:
+        """Ask KMS for a new AES-256 data key under ``key_id`` (an alias, key id or ARN)."""
+        answer = self._call(
+            "GenerateDataKey",
+            key_id,
+            KeyId=key_id,
+            KeySpec="AES_256",
+            EncryptionContext=encryption_context(namespace),
+        )
+        plaintext, blob, arn = answer.get("Plaintext"), answer.get("CiphertextBlob"), answer.get("KeyId")
+        if not isinstance(plaintext, bytes) or len(plaintext) != KEY_SIZE:
+            raise errors.KmsResponseError(f"KMS GenerateDataKey for {key_id} returned a key of the wrong length")
+        if not isinstance(blob, bytes) or not blob or not isinstance(arn, str) or not arn:
+            raise errors.KmsResponseError(f"KMS GenerateDataKey for {key_id} returned an incomplete answer")
+        return GeneratedKey(plaintext=plaintext, encrypted_key=blob, key_arn=arn)
+
+    def decrypt_data_key(self, encrypted_key: bytes, key_arn: str, namespace: str | None) -> bytes:
+        """Unwrap a data key that KMS key ``key_arn`` encrypted for ``namespace``."""
+        answer = self._call(
+            "Decrypt",
+            key_arn,
+            CiphertextBlob=encrypted_key,
+            KeyId=key_arn,
+            EncryptionContext=encryption_context(namespace),
+        )
+        plaintext, answered_arn = answer.get("Plaintext"), answer.get("KeyId")
+        if answered_arn != key_arn:
+            raise errors.KmsInvalidCiphertextError(f"KMS unwrapped the data key with a key other than {key_arn}")
+        if not isinstance(plaintext, bytes) or len(plaintext) != KEY_SIZE:
+            raise errors.KmsResponseError(f"KMS Decrypt under {key_arn} returned a key of the wrong length")
+        return plaintext
+
+    def stats(self) -> KmsCallStats:
+        with self._lock:
+            return KmsCallStats(
+                calls=dict(self._calls), seconds=dict(self._seconds), short_circuited=self._short_circuited
+            )
+
+    def _short_circuit(self, operation: str, key_id: str) -> None:
+        """Refuse a Decrypt at once while KMS was found unavailable less than ``fail_fast`` seconds ago."""
+        if operation != "Decrypt":
+            return
+        with self._lock:
+            left = self._unavailable_until - self._clock()
+            if left <= 0:
+                return
+            self._short_circuited += 1
+            last = self._last_unavailable
+        if self._short_circuit_observer is not None:
+            self._short_circuit_observer(operation)
+        raise errors.KmsUnavailableError(
+            f"KMS {operation} with key {key_id}: not tried, KMS was unavailable moments ago ({last}); "
+            f"the next attempt is in {left:.1f}s at most (KMS_FAIL_FAST_SECONDS); retry later"
+        )
+
+    def _record(self, operation: str, outcome: str, error: errors.KeyProviderError | None, seconds: float) -> None:
+        with self._lock:
+            self._calls[(operation, outcome)] += 1
+            self._seconds[operation] += seconds
+            if isinstance(error, errors.KmsUnavailableError):
+                self._unavailable_until = self._clock() + self._fail_fast
+                self._last_unavailable = str(error).rpartition(": ")[2].removesuffix("; retry later")
+            elif outcome == "success":
+                self._unavailable_until = 0.0
+        if self._observer is not None:
+            self._observer(operation, outcome, seconds)
+
+    def _call(self, operation: str, key_id: str, **params: Any) -> dict[str, Any]:
+        self._short_circuit(operation, key_id)
+        method = getattr(self._client, "generate_data_key" if operation == "GenerateDataKey" else "decrypt")
+        started = time.monotonic()
+        outcome = "error"
+        translated: errors.KeyProviderError | None = None
+        try:
+            result: dict[str, Any] = method(**params)
+            outcome = "success"
+            return result
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            translated = _translate(exc, operation, key_id)
+            outcome = _outcome(translated)
+            raise translated from exc
+        finally:
+            self._record(operation, outcome, translated, time.monotonic() - started)
+
+
+def _translate(  # noqa: PLR0911 - one return per kind of KMS failure
+    exc: botocore.exceptions.BotoCoreError | botocore.exceptions.ClientError, operation: str, key_id: str
+) -> errors.KeyProviderError:
+    where = f"KMS {operation} with key {key_id}"
+    if isinstance(exc, botocore.exceptions.ParamValidationError):
+        code = type(exc).__name__  # its report may quote the parameters: not shown
+        if operation == "Decrypt":
+            return _payload_fault(where, code)
+        return errors.KmsResponseError(f"{where}: the request was refused before sending ({code})")
+    if isinstance(exc, botocore.exceptions.ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if operation == "Decrypt" and code in _PAYLOAD_FAULT_CODES:
+            return _payload_fault(where, code)
+        if code in _UNAVAILABLE_CODES:
+            return errors.KmsUnavailableError(f"{where}: KMS is unavailable or throttling ({code}); retry later")
+        if code in _ACCESS_CODES:
+            return errors.KmsAccessDeniedError(
+                f"{where}: access denied ({code}); check the IAM policy and key policy"
+                + (", or the key id in the payload metadata was altered" if operation == "Decrypt" else "")
+            )
+        if code in _STATE_CODES:
+            return errors.KmsKeyStateError(f"{where}: the key cannot be used ({code}); is it disabled?")
+        if code in _NOT_FOUND_CODES:
+            return errors.KmsNotFoundError(f"{where}: no such key or alias ({code})")
+        if code in _CIPHERTEXT_CODES:
+            return errors.KmsInvalidCiphertextError(
+                f"{where}: KMS could not unwrap the data key ({code}); "
+                "it is corrupt, or the key id or namespace was altered"
+            )
+        return errors.KmsResponseError(f"{where}: KMS refused the request ({code or 'unknown error'})")
+    if isinstance(exc, _NETWORK_ERRORS):
+        return errors.KmsUnavailableError(f"{where}: cannot reach KMS ({type(exc).__name__}); retry later")
+    if isinstance(exc, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError):
+        return errors.KmsAccessDeniedError(f"{where}: no AWS credentials found")
+    return errors.KmsUnavailableError(f"{where}: {type(exc).__name__}; retry later")
+
+
+def _payload_fault(where: str, code: str) -> errors.KeyProviderError:
+    return errors.KmsInvalidCiphertextError(
+        f"{where}: KMS cannot use the key id or encrypted data key of the payload ({code}); "
+        "they were altered, or the key was deleted"
+    )
+
+
+def _outcome(error: errors.KeyProviderError) -> str:
+    if isinstance(error, errors.KmsUnavailableError):
+        return "unavailable"
+    if isinstance(error, errors.KmsAccessDeniedError):
+        return "access_denied"
+    if isinstance(error, errors.KmsInvalidCiphertextError):
+        return "invalid_ciphertext"
+    return "error"

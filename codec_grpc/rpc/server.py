@@ -1,0 +1,97 @@
+"""The threaded gRPC server: options, binding, and CodecService with health and reflection."""
+
+from __future__ import annotations
+
+from concurrent import futures
+from dataclasses import dataclass
+from typing import cast
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from codec_grpc.rpc.observe import CallObserver
+from codec_grpc.rpc.servicer import CodecServicer, method_handlers
+from codec_grpc.service import SERVICE_NAME
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    host: str = "127.0.0.1"
+    port: int = 0
+    max_message_bytes: int = 16 * 1024 * 1024
+    max_workers: int = 16
+    credentials: grpc.ServerCredentials | None = None  # None: plaintext
+    # Off unless WORKERS > 1: with it on, a second server started by mistake on the same port
+    # would silently share the traffic instead of failing to bind.
+    reuse_port: bool = False
+
+
+def grpc_server(options: ServerOptions) -> tuple[grpc.Server, int]:
+    """A threaded gRPC server with the service's options, bound but without services."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="grpc"),
+        options=[
+            ("grpc.max_receive_message_length", options.max_message_bytes),
+            ("grpc.so_reuseport", int(options.reuse_port)),
+        ],
+    )
+    address = f"[{options.host}]:{options.port}" if ":" in options.host else f"{options.host}:{options.port}"
+    try:
+        if options.credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, options.credentials)
+    except RuntimeError:  # grpc's way of saying the bind failed
+        port = 0
+    if port == 0:
+        raise OSError(f"cannot listen on {address} (address in use, or not an address of this machine)")
+    return server, port
+
+
+def create_server(
+    servicer: CodecServicer,
+    options: ServerOptions,
+    health_servicer: health.HealthServicer | None = None,
+    observer: CallObserver | None = None,
+) -> tuple[grpc.Server, int]:
+    """Build (not start) a threaded gRPC server; returns it with the bound port.
+
+    Besides CodecService it serves the standard ``grpc.health.v1.Health`` service
+    (SERVING for "" and for CodecService's full name) and server reflection, so
+    grpcurl and Kubernetes' gRPC probes work without proto files.
+    """
+    server, port = grpc_server(options)
+    handlers = method_handlers(servicer)
+    if observer is not None:
+        handlers = {name: observer.wrap(SERVICE_NAME, name, handler) for name, handler in handlers.items()}
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)  # type: ignore[attr-defined]
+    health_servicer = health_servicer or health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    return server, port
+
+
+class _HealthContext:
+    """All of a ServicerContext that ``HealthServicer.Check`` uses: the code for an unknown service."""
+
+    def __init__(self) -> None:
+        self.code: grpc.StatusCode | None = None
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self.code = code
+
+
+def serving_status(health_servicer: health.HealthServicer) -> str:
+    """The overall health status name (``SERVING`` when the server serves), read without a gRPC call.
+
+    The standard servicer's ``Check``, not an observed one: this is no gRPC call to count.
+    """
+    context = _HealthContext()
+    request = health_pb2.HealthCheckRequest(service="")
+    answer = health.HealthServicer.Check(health_servicer, request, cast(grpc.ServicerContext, context))
+    if context.code is not None:
+        return "SERVICE_UNKNOWN"
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))

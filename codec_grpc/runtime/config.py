@@ -1,0 +1,459 @@
+"""Configuration: read once at start-up into one frozen, validated :class:`Config`.
+
+Every setting is an environment variable with an equivalent command-line flag
+(``KMS_CACHE_TTL`` ↔ ``--kms-cache-ttl``); a flag wins over the environment.
+:func:`load_config` takes the environment and argv as arguments, so nothing
+here reads ``os.environ`` itself. An invalid value raises
+:class:`~codec_grpc.errors.ConfigError` naming the setting.
+
+:data:`SETTINGS` is the one table of settings: ``--help``, the configuration
+page of the docs (``make docs``) and :class:`Config` all come from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from types import MappingProxyType
+from typing import Any
+
+from codec_grpc.core.namespaces import parse_namespace
+from codec_grpc.errors import ConfigError
+from codec_grpc.keys.caches import MAX_ENCRYPTIONS_LIMIT
+
+_ORIGIN_RE = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$|^https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?/?$")
+
+
+def parse_int(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip().replace("_", ""))
+        except ValueError:
+            raise ValueError(f"must be an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}, got {value}")
+        return value
+
+    return parse
+
+
+def parse_seconds(low: float, high: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise ValueError(f"must be a number of seconds, got {text!r}") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low:g} and {high:g} seconds, got {value:g}")
+        return value
+
+    return parse
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"must be true or false, got {text!r}")
+
+
+def parse_choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {text!r}")
+        return value
+
+    return parse
+
+
+def parse_key_id(text: str) -> str:
+    value = text.strip()
+    if not value or any(c.isspace() for c in value):
+        raise ValueError(f"must be a KMS alias (alias/NAME), key id or ARN, got {text!r}")
+    return value
+
+
+def parse_optional(text: str) -> str | None:
+    return text.strip() or None
+
+
+def parse_origins(text: str) -> frozenset[str]:
+    origins: set[str] = set()
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        if item == "*":
+            raise ValueError("'*' cannot be combined with credentials: list each origin (https://ui.example.com)")
+        if not _ORIGIN_RE.match(item):
+            raise ValueError(f"expected origins like https://ui.example.com:8080 (no path), got {item!r}")
+        origins.add(item.rstrip("/").lower())
+    return frozenset(origins)
+
+
+def parse_http_url(text: str) -> str | None:
+    value = text.strip()
+    if value and not re.match(r"^https?://[^\s/]+(/\S*)?$", value):
+        raise ValueError(f"must be an http(s) URL, got {text!r}")
+    return value or None
+
+
+def parse_audiences(text: str) -> tuple[str, ...]:
+    return tuple(filter(None, (part.strip() for part in text.split(","))))
+
+
+def parse_namespace_aliases(text: str) -> Mapping[str, str]:
+    aliases: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        namespace, sep, alias = item.partition("=")
+        if not sep:
+            raise ValueError(f"expected NAMESPACE=ALIAS pairs separated by commas, got {item!r}")
+        namespace, alias = parse_namespace(namespace), parse_key_id(alias)
+        if namespace in aliases:
+            raise ValueError(f"namespace {namespace!r} is listed twice")
+        aliases[namespace] = alias
+    return MappingProxyType(aliases)
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    default: str
+    parse: Callable[[str], Any]
+    help: str
+
+    @property
+    def field(self) -> str:
+        return self.env.lower()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.env.lower().replace("_", "-")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("GRPC_HOST", "0.0.0.0", parse_key_id, "address the gRPC server listens on"),
+    Setting("GRPC_PORT", "50051", parse_int(0, 65535), "gRPC port (0 picks a free port)"),
+    Setting(
+        "GRPC_MAX_MESSAGE_BYTES",
+        str(16 * 1024 * 1024),
+        parse_int(1024, 2**31 - 1),
+        "largest gRPC request accepted; larger ones get RESOURCE_EXHAUSTED",
+    ),
+    Setting("GRPC_MAX_WORKERS", "16", parse_int(1, 1024), "threads serving gRPC calls"),
+    Setting(
+        "WORKERS",
+        "1",
+        parse_int(1, 64),
+        "server processes sharing GRPC_PORT (and the gateway's PORT) via SO_REUSEPORT; metrics are summed over them",
+    ),
+    Setting(
+        "MAX_PAYLOADS_PER_REQUEST",
+        "10000",
+        parse_int(1, 10_000_000),
+        "most payloads in one Encode/Decode request; more get RESOURCE_EXHAUSTED",
+    ),
+    Setting(
+        "DEFAULT_NAMESPACE",
+        "default",
+        parse_namespace,
+        "namespace used when a request names none (no request field, no x-namespace header)",
+    ),
+    Setting(
+        "NAMESPACE_BINDING",
+        "true",
+        parse_bool,
+        "bind every payload to its namespace: decoding it under another namespace is refused",
+    ),
+    Setting(
+        "KMS_KEY_ALIAS",
+        "alias/temporal-codec-latest",
+        parse_key_id,
+        "master key (alias, key id or ARN) for namespaces without their own",
+    ),
+    Setting(
+        "NAMESPACE_KEY_ALIASES", "", parse_namespace_aliases, "per-namespace master keys: 'ns-a=alias/a,ns-b=alias/b'"
+    ),
+    Setting(
+        "DATA_KEY_ROTATION_INTERVAL",
+        "3600",
+        parse_seconds(0.001, 366 * 86400),
+        "seconds a data key encrypts before a new one is generated",
+    ),
+    Setting(
+        "DATA_KEY_MAX_ENCRYPTIONS",
+        "10000000",
+        parse_int(1, MAX_ENCRYPTIONS_LIMIT),
+        "payloads one data key may encrypt before a new one is generated (at most 2**32)",
+    ),
+    Setting(
+        "KMS_CACHE_TTL",
+        "86400",
+        parse_seconds(0.001, 366 * 86400),
+        "seconds an unwrapped data key stays cached for decoding",
+    ),
+    Setting(
+        "KMS_CACHE_MAX_KEYS",
+        "10000",
+        parse_int(1, 10_000_000),
+        "most unwrapped data keys cached (least recently used goes first)",
+    ),
+    Setting(
+        "KMS_OUTAGE_GRACE",
+        "3600",
+        parse_seconds(0, 366 * 86400),
+        "seconds a data key keeps encrypting past its rotation time while KMS is unavailable (0: none)",
+    ),
+    Setting("AWS_REGION", "", parse_optional, "AWS region of the KMS keys (default: boto3's chain)"),
+    Setting("AWS_ENDPOINT_URL_KMS", "", parse_optional, "KMS endpoint URL (default: AWS's, per region)"),
+    Setting("KMS_CONNECT_TIMEOUT", "2", parse_seconds(0.01, 300), "seconds to connect to KMS"),
+    Setting("KMS_READ_TIMEOUT", "5", parse_seconds(0.01, 300), "seconds to wait for a KMS answer"),
+    Setting("KMS_MAX_ATTEMPTS", "3", parse_int(1, 20), "KMS attempts per call, first included (botocore retries)"),
+    Setting("KMS_RETRY_MODE", "standard", parse_choice("standard", "adaptive", "legacy"), "botocore retry mode"),
+    Setting(
+        "KMS_FAIL_FAST_SECONDS",
+        "5",
+        parse_seconds(0, 3600),
+        "after a KMS call found KMS unavailable, decodes needing an uncached key fail at once "
+        "(UNAVAILABLE / 503) for this long instead of waiting on KMS timeouts (0: off)",
+    ),
+    Setting(
+        "DEV_KMS",
+        "off",
+        parse_choice("off", "auto", "on"),
+        "embedded development KMS (moto) on loopback: on, off, or auto = only when no AWS "
+        "credentials or KMS endpoint are configured. Never for production data",
+    ),
+    Setting("LOG_LEVEL", "INFO", parse_choice("debug", "info", "warning", "error"), "log level"),
+    # HTTP/JSON gateway for the Temporal Web UI and CLI (codec_grpc.gateway).
+    Setting(
+        "GATEWAY_ENABLED",
+        "true",
+        parse_bool,
+        "serve the HTTP/JSON gateway in the server process (it calls the codec directly)",
+    ),
+    Setting("GATEWAY_HOST", "0.0.0.0", parse_key_id, "address the HTTP gateway listens on"),
+    Setting("PORT", "8081", parse_int(0, 65535), "HTTP gateway port (0 picks a free port)"),
+    Setting(
+        "CODEC_GRPC_TARGET",
+        "127.0.0.1:50051",
+        parse_key_id,
+        "gRPC CodecService the standalone gateway (codec-gateway) forwards to, as host:port",
+    ),
+    Setting(
+        "GATEWAY_MAX_BODY_BYTES",
+        str(16 * 1024 * 1024),
+        parse_int(1024, 2**31 - 1),
+        "largest HTTP request body accepted; larger ones get 413",
+    ),
+    Setting(
+        "GATEWAY_UPSTREAM_TIMEOUT",
+        "30",
+        parse_seconds(0.1, 3600),
+        "seconds the gateway waits for the codec (the gRPC service, or in-process a call that waits for KMS)",
+    ),
+    Setting(
+        "CORS_ALLOWED_ORIGINS",
+        "",
+        parse_origins,
+        "browser origins allowed to call the gateway with credentials, comma-separated (https://ui.example.com)",
+    ),
+    Setting("AUTH_JWKS_URL", "", parse_http_url, "JWKS URL of the identity provider; set to require Bearer tokens"),
+    Setting("AUTH_ISSUER", "", parse_optional, "required 'iss' of access tokens (with AUTH_JWKS_URL)"),
+    Setting("AUTH_AUDIENCE", "", parse_audiences, "accepted 'aud' values of access tokens, comma-separated"),
+    Setting(
+        "AUTH_NAMESPACES_CLAIM",
+        "",
+        parse_optional,
+        "token claim listing the namespaces a caller may use ('*' = all); unset: any namespace",
+    ),
+    Setting(
+        "AUTH_JWKS_REFRESH_INTERVAL",
+        "30",
+        parse_seconds(0, 86400),
+        "fewest seconds between JWKS refetches caused by tokens with an unknown key id",
+    ),
+    Setting("LOG_FORMAT", "text", parse_choice("text", "json"), "log lines as text, or one JSON object per line"),
+    Setting(
+        "SHUTDOWN_GRACE",
+        "30",
+        parse_seconds(0, 3600),
+        "seconds calls in flight may take to finish after SIGTERM/SIGINT before they are cancelled",
+    ),
+    Setting("METRICS_ENABLED", "true", parse_bool, "serve Prometheus metrics at /metrics on METRICS_PORT"),
+    Setting("METRICS_HOST", "0.0.0.0", parse_key_id, "address the metrics endpoint listens on"),
+    Setting("METRICS_PORT", "9464", parse_int(0, 65535), "Prometheus metrics port (0 picks a free port)"),
+    Setting("TLS_CERT_FILE", "", parse_optional, "PEM certificate chain: serve gRPC over TLS (needs TLS_KEY_FILE)"),
+    Setting("TLS_KEY_FILE", "", parse_optional, "PEM private key of TLS_CERT_FILE"),
+    Setting(
+        "TLS_CLIENT_CA_FILE", "", parse_optional, "PEM CA bundle: require gRPC clients to present a certificate (mTLS)"
+    ),
+    Setting(
+        "GATEWAY_TLS_CERT_FILE",
+        "",
+        parse_optional,
+        "PEM certificate chain for the HTTPS gateway (default: TLS_CERT_FILE)",
+    ),
+    Setting("GATEWAY_TLS_KEY_FILE", "", parse_optional, "PEM private key for the gateway (default: TLS_KEY_FILE)"),
+    Setting(
+        "CODEC_GRPC_CA_FILE",
+        "",
+        parse_optional,
+        "PEM CA bundle that signed the gRPC server's certificate: the standalone gateway (codec-gateway) then "
+        "calls gRPC over TLS",
+    ),
+    Setting(
+        "CODEC_GRPC_CLIENT_CERT_FILE",
+        "",
+        parse_optional,
+        "PEM client certificate the standalone gateway presents to a gRPC server that requires one (mTLS)",
+    ),
+    Setting("CODEC_GRPC_CLIENT_KEY_FILE", "", parse_optional, "PEM private key of CODEC_GRPC_CLIENT_CERT_FILE"),
+    Setting(
+        "CODEC_GRPC_SERVER_NAME",
+        "",
+        parse_optional,
+        "name the standalone gateway expects in the gRPC server's certificate (default: the host it connects to)",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    grpc_host: str
+    grpc_port: int
+    grpc_max_message_bytes: int
+    grpc_max_workers: int
+    workers: int
+    max_payloads_per_request: int
+    default_namespace: str
+    namespace_binding: bool
+    kms_key_alias: str
+    namespace_key_aliases: Mapping[str, str]
+    data_key_rotation_interval: float
+    data_key_max_encryptions: int
+    kms_cache_ttl: float
+    kms_cache_max_keys: int
+    kms_outage_grace: float
+    aws_region: str | None
+    aws_endpoint_url_kms: str | None
+    kms_connect_timeout: float
+    kms_read_timeout: float
+    kms_max_attempts: int
+    kms_retry_mode: str
+    kms_fail_fast_seconds: float
+    dev_kms: str
+    log_level: str
+    gateway_enabled: bool
+    gateway_host: str
+    port: int
+    codec_grpc_target: str
+    gateway_max_body_bytes: int
+    gateway_upstream_timeout: float
+    cors_allowed_origins: frozenset[str]
+    auth_jwks_url: str | None
+    auth_issuer: str | None
+    auth_audience: tuple[str, ...]
+    auth_namespaces_claim: str | None
+    auth_jwks_refresh_interval: float
+    log_format: str
+    shutdown_grace: float
+    metrics_enabled: bool
+    metrics_host: str
+    metrics_port: int
+    tls_cert_file: str | None
+    tls_key_file: str | None
+    tls_client_ca_file: str | None
+    gateway_tls_cert_file: str | None
+    gateway_tls_key_file: str | None
+    codec_grpc_ca_file: str | None
+    codec_grpc_client_cert_file: str | None
+    codec_grpc_client_key_file: str | None
+    codec_grpc_server_name: str | None
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.auth_jwks_url is not None
+
+
+def build_parser(prog: str = "codec-server") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Temporal payload codec server: AES-256-GCM envelope encryption with AWS KMS data keys. "
+        "Every flag has an environment variable of the same name in upper case "
+        "(--grpc-port = GRPC_PORT); a flag wins over the environment.",
+    )
+    for setting in SETTINGS:
+        shown = setting.default or "unset"
+        parser.add_argument(
+            setting.flag,
+            dest=setting.field,
+            metavar=setting.env,
+            help=f"{setting.help} [env {setting.env}, default: {shown}]",
+        )
+    return parser
+
+
+def load_config(environ: Mapping[str, str], argv: Sequence[str] = (), prog: str = "codec-server") -> Config:
+    """Build the configuration from flags, then the environment, then defaults."""
+    flags = vars(build_parser(prog).parse_args(list(argv)))
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw = flags.get(setting.field)
+        if raw is None:
+            raw = environ.get(setting.env, setting.default)
+        try:
+            values[setting.field] = setting.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(setting.env, str(exc)) from None
+    config = Config(**{f.name: values[f.name] for f in fields(Config)})
+    _check_consistency(config)
+    return config
+
+
+def _check_consistency(config: Config) -> None:
+    _check_pair("TLS_CERT_FILE", config.tls_cert_file, "TLS_KEY_FILE", config.tls_key_file)
+    _check_pair(
+        "GATEWAY_TLS_CERT_FILE", config.gateway_tls_cert_file, "GATEWAY_TLS_KEY_FILE", config.gateway_tls_key_file
+    )
+    if config.tls_client_ca_file and not config.tls_cert_file:
+        raise ConfigError("TLS_CLIENT_CA_FILE", "requires TLS_CERT_FILE and TLS_KEY_FILE (mTLS is TLS first)")
+    _check_gateway_upstream_tls(config)
+    if config.data_key_max_encryptions < config.max_payloads_per_request:
+        raise ConfigError(
+            "DATA_KEY_MAX_ENCRYPTIONS",
+            f"must be at least MAX_PAYLOADS_PER_REQUEST ({config.max_payloads_per_request}), "
+            f"got {config.data_key_max_encryptions}",
+        )
+    _check_auth(config)
+
+
+def _check_gateway_upstream_tls(config: Config) -> None:
+    _check_pair(
+        "CODEC_GRPC_CLIENT_CERT_FILE",
+        config.codec_grpc_client_cert_file,
+        "CODEC_GRPC_CLIENT_KEY_FILE",
+        config.codec_grpc_client_key_file,
+    )
+    if config.codec_grpc_client_cert_file and not config.codec_grpc_ca_file:
+        raise ConfigError("CODEC_GRPC_CA_FILE", "must be set with CODEC_GRPC_CLIENT_CERT_FILE (mTLS is TLS first)")
+    # server.py's in-process gateway calls the codec directly: it needs none of these for the gRPC port's TLS.
+
+
+def _check_auth(config: Config) -> None:
+    # Half-configured auth must not silently accept tokens from any issuer or audience.
+    wanted = {"AUTH_JWKS_URL": config.auth_jwks_url, "AUTH_ISSUER": config.auth_issuer}
+    wanted["AUTH_AUDIENCE"] = ",".join(config.auth_audience) or None
+    if any(wanted.values()):
+        for name, value in wanted.items():
+            if not value:
+                raise ConfigError(name, "must be set when any of AUTH_JWKS_URL, AUTH_ISSUER, AUTH_AUDIENCE is set")
+
+
+def _check_pair(cert_name: str, cert: str | None, key_name: str, key: str | None) -> None:
+    """A certificate without its key (or the reverse) is a half-done TLS setup: refuse it."""
+    if bool(cert) != bool(key):
+        missing, given = (key_name, cert_name) if cert else (cert_name, key_name)
+        raise ConfigError(missing, f"must be set together with {given}")

@@ -1,0 +1,334 @@
+"""Prometheus metrics: all of the service's metric definitions, each in an injected registry.
+
+Nothing registers into prometheus_client's global registry: the server builds
+one registry (:func:`new_registry`), tests build fresh ones. The layers below
+feed these through hooks and small interfaces, and import no Prometheus code:
+
+* gRPC calls (:class:`GrpcMetrics`, the ``rpc.observe.CallMetrics`` of the call
+  observer), named as in go-grpc-prometheus so existing dashboards work:
+  ``grpc_server_started_total``, ``grpc_server_handled_total``,
+  ``grpc_server_handling_seconds``; plus payloads and bytes per method.
+* KMS requests (:class:`KmsMetrics`, fed by the KMS provider's ``observer`` hook),
+  and the calls its fail-fast pause refused without a request
+  (``short_circuit_observer`` hook).
+* Data-key caches and current keys (:data:`CACHE_FAMILIES`, exposed by
+  :class:`KeyCacheCollector`), read from the key manager's ``stats()`` at scrape
+  time: no state is copied or can go stale.
+* HTTP gateway requests (:class:`GatewayMetrics`, the gateway's ``RequestMetrics``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from codec_grpc.gateway.app import ROUTES
+from codec_grpc.keys import KeyStats
+
+PREFIX = "temporal_codec"
+# Codec calls take about a millisecond when keys are cached and a KMS round trip (10-300 ms)
+# when not; the buckets resolve both, and the multi-second tail of KMS retries.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+__all__ = [
+    "CACHE_FAMILIES",
+    "GatewayMetrics",
+    "GrpcMetrics",
+    "KeyCacheCollector",
+    "KmsMetrics",
+    "new_registry",
+    "start_metrics_server",
+]
+
+
+def new_registry() -> CollectorRegistry:
+    """A registry holding the process and platform collectors (memory, CPU, open fds, Python version)."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry
+
+
+def start_metrics_server(host: str, port: int, registry: CollectorRegistry) -> tuple[WSGIServer, int]:
+    """Serve ``registry`` at ``/metrics`` from a daemon thread; returns the server and its bound port.
+
+    Call ``server.shutdown()`` to stop it.
+    """
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return server, int(server.server_address[1])
+
+
+class GrpcMetrics:
+    """Counters and the latency histogram of gRPC calls, by service, method and status code."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        call_labels = ("grpc_service", "grpc_method", "grpc_type")
+        self.started = Counter(
+            "grpc_server_started", "gRPC calls started on the server.", call_labels, registry=registry
+        )
+        self.handled = Counter(
+            "grpc_server_handled",
+            "gRPC calls completed on the server, by status code.",
+            (*call_labels, "grpc_code"),
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "grpc_server_handling_seconds",
+            "Time from receiving a gRPC request to sending its answer.",
+            call_labels,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.payloads = Counter(
+            f"{PREFIX}_payloads",
+            "Payloads encoded or decoded in successful calls.",
+            ("grpc_method",),
+            registry=registry,
+        )
+        self.payload_bytes = Counter(
+            f"{PREFIX}_payload_bytes",
+            "Serialized request (received) and response (sent) bytes of successful codec calls.",
+            ("grpc_method", "direction"),
+            registry=registry,
+        )
+
+    def for_method(self, service: str, method: str) -> MethodMetrics:
+        """One method's labelled children, looked up once: the observer holds it for every call."""
+        return MethodMetrics(self, service, method)
+
+    def payloads_processed(self, method: str, count: int, received: int, sent: int) -> None:
+        self.payloads.labels(method).inc(count)
+        self.payload_bytes.labels(method, "received").inc(received)
+        self.payload_bytes.labels(method, "sent").inc(sent)
+
+
+class MethodMetrics:
+    """The labelled children of one unary method, bound once.
+
+    ``.labels()`` costs about 1.5 µs and a call records up to six values, so the
+    observer binds a method's children when it wraps the method's handler. Status
+    codes and the payload counters (codec methods only) are bound on first use.
+    """
+
+    __slots__ = ("_handled", "_labels", "_metrics", "_payloads", "_started", "latency")
+
+    def __init__(self, metrics: GrpcMetrics, service: str, method: str) -> None:
+        self._metrics = metrics
+        self._labels = (service, method, "unary")
+        self._started = metrics.started.labels(*self._labels)
+        self.latency = metrics.latency.labels(*self._labels)
+        self._handled: dict[grpc.StatusCode, Any] = {}
+        self._payloads: tuple[Any, Any, Any] | None = None
+
+    def start(self) -> None:
+        self._started.inc()
+
+    def finished(self, code: grpc.StatusCode, seconds: float) -> None:
+        child = self._handled.get(code)
+        if child is None:
+            child = self._handled[code] = self._metrics.handled.labels(*self._labels, code.name)
+        child.inc()
+        self.latency.observe(seconds)
+
+    def processed(self, count: int, received: int, sent: int) -> None:
+        children = self._payloads
+        if children is None:
+            method, metrics = self._labels[1], self._metrics
+            children = self._payloads = (
+                metrics.payloads.labels(method),
+                metrics.payload_bytes.labels(method, "received"),
+                metrics.payload_bytes.labels(method, "sent"),
+            )
+        children[0].inc(count)
+        children[1].inc(received)
+        children[2].inc(sent)
+
+
+class KmsMetrics:
+    """KMS requests by operation and outcome, their latency, and calls refused without a request.
+
+    Pass :meth:`observe` as the KMS provider's ``observer``; it is called once per
+    KMS call (retries inside botocore included in its duration). Pass
+    :meth:`short_circuited` as its ``short_circuit_observer``: called once per call
+    that KMS_FAIL_FAST_SECONDS refused at once (no KMS request, so not in
+    ``kms_requests_total``). Counters fed by hooks, not read from the provider's
+    ``stats()`` at scrape time, so that they also add up across WORKERS > 1.
+    """
+
+    # The only operation the provider short-circuits (GenerateDataKey never is); its series exists
+    # from the start, at 0, so that rate() and increase() see the first refusal.
+    SHORT_CIRCUITED_OPERATIONS = ("Decrypt",)
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            f"{PREFIX}_kms_requests",
+            "KMS calls by operation (GenerateDataKey, Decrypt) and outcome "
+            "(success, unavailable, access_denied, invalid_ciphertext, error).",
+            ("operation", "outcome"),
+            registry=registry,
+        )
+        self.latency = Histogram(
+            f"{PREFIX}_kms_request_duration_seconds",
+            "Duration of KMS calls, botocore retries included.",
+            ("operation",),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.short_circuits = Counter(
+            f"{PREFIX}_kms_short_circuited",
+            "KMS calls refused at once, without a request, because KMS was found unavailable "
+            "less than KMS_FAIL_FAST_SECONDS ago (Decrypt only).",
+            ("operation",),
+            registry=registry,
+        )
+        for operation in self.SHORT_CIRCUITED_OPERATIONS:
+            self.short_circuits.labels(operation)
+
+    def observe(self, operation: str, outcome: str, seconds: float) -> None:
+        self.requests.labels(operation, outcome).inc()
+        self.latency.labels(operation).observe(seconds)
+
+    def short_circuited(self, operation: str) -> None:
+        self.short_circuits.labels(operation).inc()
+
+
+@dataclass(frozen=True)
+class CacheFamily:
+    """One metric family read from the key manager's stats: defined once, for both ways of exposing
+    them (:class:`KeyCacheCollector` in one process, ``multiprocess.KeyStatsPublisher`` with WORKERS > 1).
+    ``multiprocess_mode`` says how the workers' gauges combine."""
+
+    name: str
+    documentation: str
+    kind: str  # "counter" or "gauge"
+    labels: tuple[str, ...] = ()
+    multiprocess_mode: str = "livesum"
+
+
+# not "namespace": Prometheus attaches the Kubernetes namespace under that name at scrape time
+_SLOT = ("key_alias", "temporal_namespace")
+CACHE_FAMILIES = {
+    family.name: family
+    for family in (
+        CacheFamily("cache_hits", "Data-key cache hits.", "counter", ("cache",)),
+        CacheFamily("cache_misses", "Data-key cache misses.", "counter", ("cache",)),
+        CacheFamily("cache_evictions", "Data keys evicted at capacity (decrypted cache only).", "counter", ("cache",)),
+        CacheFamily("cache_entries", "Data keys held per cache.", "gauge", ("cache",)),
+        CacheFamily("cache_capacity_entries", "Most data keys the decrypted cache holds.", "gauge"),
+        CacheFamily("cached_keys", "Distinct data keys held in memory (both caches).", "gauge"),
+        # With WORKERS > 1 each worker has its own current key per slot: the one closest to rotation shows.
+        CacheFamily("current_key_age_seconds", "Age of the current data key.", "gauge", _SLOT, "livemax"),
+        CacheFamily(
+            "current_key_expires_in_seconds", "Seconds until the current data key retires.", "gauge", _SLOT, "livemin"
+        ),
+        CacheFamily(
+            "current_key_expired",
+            "1 when the current data key is retired and not yet replaced (the next Encode replaces it).",
+            "gauge",
+            _SLOT,
+            "livemax",
+        ),
+        CacheFamily(
+            "current_key_encryptions", "Payloads encrypted under the current data key.", "gauge", _SLOT, "livemax"
+        ),
+    )
+}
+
+
+def cache_samples(stats: KeyStats) -> Iterator[tuple[CacheFamily, tuple[str, ...], float]]:
+    """Every value of :data:`CACHE_FAMILIES` in ``stats``: (family, label values, value).
+
+    Caches: ``current`` holds the data key each (master key, namespace) slot encrypts
+    with; ``decrypted`` holds unwrapped data keys for decoding. Only ``decrypted``
+    evicts (LRU at capacity); a current key is replaced, not evicted.
+    """
+    family = CACHE_FAMILIES
+    yield family["cache_hits"], ("current",), stats.current_hits
+    yield family["cache_hits"], ("decrypted",), stats.decrypted_hits
+    yield family["cache_misses"], ("current",), stats.current_misses
+    yield family["cache_misses"], ("decrypted",), stats.decrypted_misses
+    yield family["cache_evictions"], ("decrypted",), stats.decrypted_evictions
+    yield family["cache_entries"], ("current",), len(stats.current_keys)
+    yield family["cache_entries"], ("decrypted",), stats.decrypted_size
+    yield family["cache_capacity_entries"], (), stats.decrypted_capacity
+    yield family["cached_keys"], (), stats.cached_keys
+    for key in stats.current_keys:
+        slot = (key.alias, key.namespace or "")
+        yield family["current_key_age_seconds"], slot, key.age
+        yield family["current_key_expires_in_seconds"], slot, key.expires_in
+        yield family["current_key_expired"], slot, 1.0 if key.expired else 0.0
+        yield family["current_key_encryptions"], slot, key.encryptions
+
+
+class KeyCacheCollector(Collector):
+    """The :data:`CACHE_FAMILIES`, read from the key manager at every scrape: nothing copied, nothing stale."""
+
+    def __init__(self, stats: Callable[[], KeyStats], registry: CollectorRegistry | None = None) -> None:
+        self._stats = stats
+        if registry is not None:
+            registry.register(self)
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # families vary with the slots in use; collect() is cheap, so no description
+
+    def collect(self) -> Iterator[Metric]:
+        built: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
+        for family in CACHE_FAMILIES.values():  # every family, even with no sample (no current key yet)
+            kind = CounterMetricFamily if family.kind == "counter" else GaugeMetricFamily
+            built[family.name] = kind(f"{PREFIX}_{family.name}", family.documentation, labels=list(family.labels))
+        for family, labels, value in cache_samples(self._stats()):
+            built[family.name].add_metric(list(labels), value)
+        yield from built.values()
+
+
+class GatewayMetrics:
+    """HTTP gateway requests by route, method and status, and their latency.
+
+    Call :meth:`observe` once per answered request. ``route`` must be one of the
+    gateway's ``ROUTES`` (the last path segment it routed on); anything else is
+    counted as ``other``, so a scanner requesting random paths cannot create
+    unbounded label values.
+    """
+
+    METHODS = frozenset({"GET", "POST", "OPTIONS", "HEAD", "other"})
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            f"{PREFIX}_http_requests",
+            "HTTP gateway requests by route, method and status code.",
+            ("route", "method", "status"),
+            registry=registry,
+        )
+        self.latency = Histogram(
+            f"{PREFIX}_http_request_duration_seconds",
+            "Time from receiving an HTTP gateway request to answering it.",
+            ("route", "method"),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        route = route if route in ROUTES else "other"
+        method = method.upper() if method.upper() in self.METHODS else "other"
+        # Labelled children kept by label values, as in GrpcMetrics: bounded (routes, methods, statuses).
+        children = self._children.get((route, method, status))
+        if children is None:
+            children = (self.requests.labels(route, method, str(status)), self.latency.labels(route, method))
+            self._children[(route, method, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)

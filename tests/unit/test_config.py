@@ -1,0 +1,109 @@
+"""Configuration: defaults, environment, flags, and exact messages for bad values."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from codec_grpc.errors import ConfigError
+from codec_grpc.runtime.config import SETTINGS, load_config
+from tests.support.paths import ROOT
+
+
+def test_defaults() -> None:
+    config = load_config({})
+    assert config.grpc_port == 50051
+    assert config.grpc_host == "0.0.0.0"
+    assert config.default_namespace == "default"
+    assert config.kms_key_alias == "alias/temporal-codec-latest"
+    assert config.data_key_rotation_interval == 3600
+    assert config.kms_cache_ttl == 86400
+    assert config.namespace_binding is True
+    assert dict(config.namespace_key_aliases) == {}
+    assert config.dev_kms == "off"
+    assert config.kms_fail_fast_seconds == 5
+
+
+def test_environment_and_flags_flag_wins() -> None:
+    env = {"GRPC_PORT": "6000", "NAMESPACE_KEY_ALIASES": " ns-a=alias/a , ns-b=alias/b ", "NAMESPACE_BINDING": "no"}
+    config = load_config(env, ["--grpc-port", "7000", "--kms-cache-max-keys", "5"])
+    assert config.grpc_port == 7000
+    assert config.kms_cache_max_keys == 5
+    assert dict(config.namespace_key_aliases) == {"ns-a": "alias/a", "ns-b": "alias/b"}
+    assert config.namespace_binding is False
+
+
+def test_config_is_frozen() -> None:
+    config = load_config({})
+    with pytest.raises(AttributeError):
+        config.grpc_port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"GRPC_PORT": "http"}, "GRPC_PORT: must be an integer, got 'http'"),
+        ({"GRPC_PORT": "70000"}, "GRPC_PORT: must be between 0 and 65535, got 70000"),
+        ({"KMS_CACHE_TTL": "-1"}, "KMS_CACHE_TTL: must be between 0.001 and 3.16224e+07 seconds, got -1"),
+        ({"DATA_KEY_ROTATION_INTERVAL": "soon"}, "DATA_KEY_ROTATION_INTERVAL: must be a number of seconds, got 'soon'"),
+        (
+            {"DATA_KEY_MAX_ENCRYPTIONS": "5000000000"},
+            "DATA_KEY_MAX_ENCRYPTIONS: must be between 1 and 4294967296, got 5000000000",
+        ),
+        ({"NAMESPACE_BINDING": "maybe"}, "NAMESPACE_BINDING: must be true or false, got 'maybe'"),
+        (
+            {"NAMESPACE_KEY_ALIASES": "ns-a"},
+            "NAMESPACE_KEY_ALIASES: expected NAMESPACE=ALIAS pairs separated by commas, got 'ns-a'",
+        ),
+        ({"NAMESPACE_KEY_ALIASES": "a=alias/x,a=alias/y"}, "NAMESPACE_KEY_ALIASES: namespace 'a' is listed twice"),
+        ({"DEFAULT_NAMESPACE": "bad namespace"}, "DEFAULT_NAMESPACE: must be a Temporal namespace name"),
+        ({"KMS_KEY_ALIAS": " "}, "KMS_KEY_ALIAS: must be a KMS alias (alias/NAME), key id or ARN, got ' '"),
+        ({"KMS_RETRY_MODE": "forever"}, "KMS_RETRY_MODE: must be one of standard, adaptive, legacy, got 'forever'"),
+        ({"KMS_FAIL_FAST_SECONDS": "-1"}, "KMS_FAIL_FAST_SECONDS: must be between 0 and 3600 seconds, got -1"),
+        (
+            {"DATA_KEY_MAX_ENCRYPTIONS": "10", "MAX_PAYLOADS_PER_REQUEST": "100"},
+            "DATA_KEY_MAX_ENCRYPTIONS: must be at least MAX_PAYLOADS_PER_REQUEST (100), got 10",
+        ),
+    ],
+)
+def test_bad_values_name_the_setting(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(env)
+    assert str(caught.value).startswith(message)
+    assert caught.value.setting == message.split(":", maxsplit=1)[0]
+
+
+def _server(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "server.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", **(env or {})},
+        cwd=ROOT,
+        check=False,
+    )
+
+
+def test_server_exits_2_with_one_line_naming_the_setting() -> None:
+    result = _server(env={"KMS_CACHE_TTL": "forever"})
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr == "codec-server: error: KMS_CACHE_TTL: must be a number of seconds, got 'forever'\n"
+
+
+def test_bad_flag_value_exits_2() -> None:
+    result = _server("--grpc-port", "-5")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "codec-server: error: GRPC_PORT: must be between 0 and 65535, got -5"
+
+
+def test_help_documents_every_setting() -> None:
+    result = _server("--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for setting in SETTINGS:
+        assert setting.flag in text, setting.env
+        assert f"env {setting.env}," in text, setting.env
