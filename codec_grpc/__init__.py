@@ -7,8 +7,10 @@ the tests check it with import-linter: ``[tool.importlinter]`` in pyproject.toml
   the WORKERS supervisor, the ``codec-server`` and ``codec-gateway`` processes;
 * ``rpc`` (gRPC) and ``gateway`` (HTTP/JSON): the transports, independent of each
   other, each a thin layer over the service;
-* ``service``: Encode, Decode and Stats on serialized bytes: splitting, limits,
-  namespace, errors and their status codes;
+* ``service``: Encode, Decode and Stats on serialized bytes, for an authenticated
+  caller: splitting, limits, namespace, authorization, errors and their status codes;
+* ``access``: who may do what: callers, bearer-token verification, the access
+  policy (token claims and the policy file); the transports authenticate with it;
 * ``core``: pure: the payload format, protobuf wire helpers, ``EnvelopeCodec``,
   namespace rules;
 * ``keys``: key management: the key manager, its caches, single-flight, the

@@ -9,9 +9,13 @@ of the package: every layer may use it.
     CodecError
     ├── PayloadError                 one payload cannot be decoded      INVALID_ARGUMENT
     │   ├── DecryptionError          authentication failed (tampering)  INVALID_ARGUMENT
-    │   └── NamespaceMismatchError   written for another namespace      PERMISSION_DENIED
+    │   ├── NamespaceMismatchError   written for another namespace      PERMISSION_DENIED
+    │   └── UnboundPayloadError      bound to no namespace              PERMISSION_DENIED
     ├── RequestError                 the request as a whole is refused  INVALID_ARGUMENT
     │   └── RequestTooLargeError     over a configured limit            RESOURCE_EXHAUSTED
+    ├── UnauthenticatedError         no valid credentials               UNAUTHENTICATED
+    ├── AccessDeniedError            the caller may not do this         PERMISSION_DENIED
+    ├── IdentityProviderError        its keys (JWKS) cannot be fetched  UNAVAILABLE
     ├── KeyProviderError             KMS refused or failed              (by subclass)
     │   ├── KmsUnavailableError      unreachable, timed out, throttled  UNAVAILABLE
     │   ├── KmsAccessDeniedError     IAM / key policy refused           PERMISSION_DENIED
@@ -86,6 +90,29 @@ class NamespaceMismatchError(PayloadError):
         )
         self.written_for = written_for
         self.requested = requested
+
+
+class UnboundPayloadError(PayloadError):
+    """An encrypted payload bound to no namespace, while namespace binding is on."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(
+            index,
+            "bound to no namespace (written while NAMESPACE_BINDING was false): refused, since it "
+            "could belong to any namespace; ACCEPT_UNBOUND_PAYLOADS=true decodes such payloads",
+        )
+
+
+class UnauthenticatedError(CodecError):
+    """The call carries no credentials, or none that verify."""
+
+
+class AccessDeniedError(CodecError):
+    """The caller is authenticated but may not do this operation in this namespace."""
+
+
+class IdentityProviderError(CodecError):
+    """The identity provider's keys cannot be fetched, so no token can be checked: retry later."""
 
 
 class KeyProviderError(CodecError):

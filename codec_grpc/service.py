@@ -28,6 +28,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from codec_grpc import errors
+from codec_grpc.access import AccessPolicy, Caller
 from codec_grpc.core import protowire
 from codec_grpc.core.codec import EnvelopeCodec
 from codec_grpc.core.envelope import DataKey
@@ -43,9 +44,13 @@ ENCODE, DECODE = "Encode", "Decode"
 
 _STATUS_BY_ERROR: Sequence[tuple[type[errors.CodecError], grpc.StatusCode]] = (
     (errors.NamespaceMismatchError, grpc.StatusCode.PERMISSION_DENIED),
+    (errors.UnboundPayloadError, grpc.StatusCode.PERMISSION_DENIED),
     (errors.PayloadError, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.RequestTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.RequestError, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.AccessDeniedError, grpc.StatusCode.PERMISSION_DENIED),
+    (errors.IdentityProviderError, grpc.StatusCode.UNAVAILABLE),
     (errors.KmsUnavailableError, grpc.StatusCode.UNAVAILABLE),
     (errors.KmsAccessDeniedError, grpc.StatusCode.PERMISSION_DENIED),
     (errors.KmsKeyStateError, grpc.StatusCode.FAILED_PRECONDITION),
@@ -81,10 +86,13 @@ class Batch:
 
 
 class CodecService:
-    """Encode, Decode and Stats over serialized messages. Thread-safe.
+    """Encode, Decode and Stats over serialized messages, for an authenticated caller. Thread-safe.
 
-    A call is :meth:`prepare` (split, limits, namespace: no key needed), then
-    :meth:`run`, or :meth:`run_cached`, which never waits for KMS.
+    A call is :meth:`prepare` (split, limits, namespace, authorization: no key needed),
+    then :meth:`run`, or :meth:`run_cached`, which never waits for KMS. Every operation
+    takes the :class:`~codec_grpc.access.Caller` its transport authenticated, and is
+    authorized by ``access`` for the request's namespace; with namespace binding that is
+    also the namespace of every encrypted payload (the codec refuses any other).
     """
 
     def __init__(
@@ -93,14 +101,17 @@ class CodecService:
         keys: KeyManager[DataKey],
         kms_stats: Callable[[], KmsCallStats],
         limits: ServiceLimits,
+        access: AccessPolicy,
     ) -> None:
         self._codec = codec
         self._keys = keys
         self._kms_stats = kms_stats
         self._limits = limits
+        self._access = access
 
-    def prepare(self, method: str, request: bytes, header_namespace: str = "") -> Batch:
-        """Split an Encode or Decode request; ``header_namespace`` is the ``x-namespace`` header's value."""
+    def prepare(self, method: str, request: bytes, header_namespace: str, caller: Caller) -> Batch:
+        """Split an Encode or Decode request and authorize it; ``header_namespace`` is the
+        ``x-namespace`` header's value."""
         with _refusals():
             try:
                 payloads, namespace = protowire.split_request(request)
@@ -108,6 +119,7 @@ class CodecService:
                 raise errors.RequestError(f"malformed request: {exc}") from None
             self._check_count(len(payloads))
             resolved = resolve_namespace(namespace, header_namespace, default=self._limits.default_namespace)
+            self._access.check(caller, method.lower(), resolved)
             return Batch(method, request, payloads, resolved)
 
     def run(self, batch: Batch) -> bytes:
@@ -120,24 +132,29 @@ class CodecService:
         key is not cached (the caller then runs the batch with :meth:`run`)."""
         keys = CachedKeys(self._keys)
         with _refusals():
+            codec = EnvelopeCodec(
+                keys, bind_namespace=self._codec.bind_namespace, accept_unbound=self._codec.accept_unbound
+            )
             try:
-                return self._run(batch, EnvelopeCodec(keys, bind_namespace=self._codec.bind_namespace))
+                return self._run(batch, codec)
             except WouldBlock:
                 keys.forget()
                 return None
             finally:
                 keys.count_hits()  # answered or refused here: the keys found were used
 
-    def stats(self, request: bytes, header_namespace: str = "") -> codec_pb2.StatsResponse:
-        """The Stats answer to a serialized StatsRequest."""
+    def stats(self, request: bytes, header_namespace: str, caller: Caller) -> codec_pb2.StatsResponse:
+        """The Stats answer to a serialized StatsRequest, showing only what the caller may see."""
         with _refusals():
             try:
                 requested = codec_pb2.StatsRequest.FromString(request).namespace
             except DecodeError:
                 raise errors.RequestError("malformed request: not a serialized StatsRequest") from None
             namespace = resolve_namespace(requested, header_namespace, default=self._limits.default_namespace)
+            self._access.check(caller, "stats", namespace)
             slot = (self._keys.policy.alias_for(namespace), namespace if self._codec.bind_namespace else None)
-            return stats_response(namespace, self._keys.stats(), self._kms_stats(), slot)
+            answer = stats_response(namespace, self._keys.stats(), self._kms_stats(), slot)
+            return visible_stats(answer, caller, self._access)
 
     def _run(self, batch: Batch, codec: EnvelopeCodec) -> bytes:
         if batch.method == ENCODE:
@@ -181,6 +198,25 @@ def _parses(message: type[codec_pb2.EncodeRequest], request: bytes) -> bool:
     except DecodeError:
         return False
     return True
+
+
+def visible_stats(stats: codec_pb2.StatsResponse, caller: Caller, access: AccessPolicy) -> codec_pb2.StatsResponse:
+    """``stats`` as ``caller`` may see it: only the current keys of namespaces it may read stats of.
+
+    Keys bound to no namespace, and the last KMS error (which may name any master key), are shown
+    only to callers who may read the stats of every namespace.
+    """
+    everywhere = access.allows_everywhere(caller, "stats")
+    if everywhere:
+        return stats
+    shown = codec_pb2.StatsResponse()
+    shown.CopyFrom(stats)
+    del shown.current_keys[:]
+    for key in stats.current_keys:
+        if key.namespace and access.allows(caller, "stats", key.namespace):
+            shown.current_keys.add().CopyFrom(key)
+    shown.kms_last_error = ""
+    return shown
 
 
 def stats_response(

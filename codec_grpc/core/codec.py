@@ -47,18 +47,32 @@ class EnvelopeCodec:
 
     With ``bind_namespace`` (the default) every payload records the namespace it
     was encoded for, authenticated, and decoding it under another namespace is
-    refused. Without it, payloads are not bound, but payloads that were bound
-    still decode (under their own namespace's KMS encryption context).
+    refused, as is decoding a payload bound to no namespace (it could be any
+    namespace's) unless ``accept_unbound`` says so. Without binding, payloads are
+    not bound, but payloads that were bound still decode (under their own
+    namespace's KMS encryption context).
     """
 
-    def __init__(self, keys: KeySource, *, bind_namespace: bool = True, nonces: NonceSource = os.urandom) -> None:
+    def __init__(
+        self,
+        keys: KeySource,
+        *,
+        bind_namespace: bool = True,
+        accept_unbound: bool = False,
+        nonces: NonceSource = os.urandom,
+    ) -> None:
         self._keys = keys
         self._bind = bind_namespace
+        self._accept_unbound = accept_unbound
         self._nonces = nonces
 
     @property
     def bind_namespace(self) -> bool:
         return self._bind
+
+    @property
+    def accept_unbound(self) -> bool:
+        return self._accept_unbound
 
     def encode(self, payloads: Sequence[Payload], namespace: str) -> list[Payload]:
         if not payloads:
@@ -146,6 +160,8 @@ class EnvelopeCodec:
         key_id, encrypted_key, written_for = _envelope_fields(index, metadata)
         if self._bind and written_for is not None and written_for != namespace:
             raise errors.NamespaceMismatchError(index, written_for, namespace)
+        if self._bind and written_for is None and not self._accept_unbound:
+            raise errors.UnboundPayloadError(index)
         try:
             key = self._keys.decryption_key(key_id, encrypted_key, written_for)
         except errors.KeyProviderError as exc:

@@ -1,8 +1,9 @@
 """The HTTP/JSON gateway: the codec-server protocol of the Temporal Web UI, CLI and Go SDK.
 
-A thin transport: it parses proto3 JSON (``jsonwire``, falling back to ``body``),
-checks the caller (CORS, optional bearer token, ``auth``) and hands the
-serialized request to an :class:`~codec_grpc.gateway.upstreams.Upstream`.
+A thin transport: it checks the request (``Host``, ``Content-Type``, CORS), the
+caller (bearer token, then the access policy for the operation and namespace), parses
+proto3 JSON (``jsonwire``, falling back to ``body``) and hands the serialized
+request and the caller to an :class:`~codec_grpc.gateway.upstreams.Upstream`.
 Failures arrive as :class:`~codec_grpc.gateway.statuses.HttpError`. Routes (any
 path prefix; the query string is ignored):
 
@@ -28,13 +29,14 @@ from typing import Any, Protocol, TypeVar
 from aiohttp import web
 
 from codec_grpc import errors
+from codec_grpc.access import ANONYMOUS_CALLER, AccessPolicy, Caller, TokenVerifier
 from codec_grpc.core.namespaces import NAMESPACE_HEADER, resolve_namespace
 from codec_grpc.core.protowire import WireError
-from codec_grpc.gateway.auth import AuthError, AuthUnavailableError, TokenVerifier
 from codec_grpc.gateway.body import BodyError, stats_json
 from codec_grpc.gateway.jsonwire import request_bytes, response_document
 from codec_grpc.gateway.statuses import FAILED, HttpError
-from codec_grpc.gateway.upstreams import OFF_LOOP_BYTES, Upstream
+from codec_grpc.gateway.upstreams import OFF_LOOP_BYTES, Credentials, Upstream
+from codec_grpc.service import visible_stats
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("codec_grpc.access")
@@ -55,6 +57,9 @@ class GatewaySettings:
     max_body_bytes: int = 16 * 1024 * 1024
     allowed_origins: frozenset[str] = frozenset()
     upstream_timeout: float = 30.0
+    allowed_hosts: frozenset[str] = frozenset()  # empty: any Host
+    # Shown in /health's "warnings" (ALLOW_UNAUTHENTICATED in effect on a port beyond loopback).
+    warnings: tuple[str, ...] = ()
 
 
 class RequestMetrics(Protocol):
@@ -70,10 +75,12 @@ def create_app(
     upstream: Upstream,
     verifier: TokenVerifier | None = None,
     metrics: RequestMetrics | None = None,
+    access: AccessPolicy | None = None,
 ) -> web.Application:
     """The aiohttp application; every answer passes through the CORS/error middleware, and is
-    logged (one access line) and counted (when ``metrics`` is given)."""
-    routes = _Routes(settings, upstream, verifier)
+    logged (one access line) and counted (when ``metrics`` is given). Without a ``verifier`` every
+    caller is anonymous; ``access`` (default: no policy) authorizes callers."""
+    routes = _Routes(settings, upstream, verifier, access or AccessPolicy())
     # Outermost: sees the final status of every answer.
     middlewares = [_observed(metrics), _cors_and_errors(settings.allowed_origins)]
     app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
@@ -192,15 +199,20 @@ async def _off_loop(size: int, function: Callable[..., T], *args: Any) -> T:
 
 
 class _Routes:
-    def __init__(self, settings: GatewaySettings, upstream: Upstream, verifier: TokenVerifier | None) -> None:
+    def __init__(
+        self, settings: GatewaySettings, upstream: Upstream, verifier: TokenVerifier | None, access: AccessPolicy
+    ) -> None:
         self._settings = settings
         self._upstream = upstream
         self._verifier = verifier
+        self._access = access
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         """Route on the last path segment so that any path prefix works."""
         segments = [part for part in request.path.split("/") if part]
         action = segments[-1] if segments else ""
+        if action != "health":  # probes come by the pod's address
+            self._check_host(request)
         if request.method == "OPTIONS":
             return self._preflight(request)
         if action in ("encode", "decode", "download") and request.method != "POST":
@@ -231,17 +243,30 @@ class _Routes:
             },
         )
 
+    def _check_host(self, request: web.Request) -> None:
+        """GATEWAY_ALLOWED_HOSTS against DNS rebinding: a page whose name was made to point here must not
+        be answered as if it were ours."""
+        allowed = self._settings.allowed_hosts
+        if not allowed:
+            return
+        host = request.headers.get("Host", "").strip().lower()
+        if host not in allowed and host.rpartition(":")[0] not in allowed:
+            raise HttpError(400, f"Host {host[:100]!r} is not one of GATEWAY_ALLOWED_HOSTS")
+
     async def _codec_call(self, request: web.Request, action: str, segments: list[str]) -> web.Response:
+        _check_json(request)
         namespace = self._namespace(request, segments)
         request[_NOTE].namespace = namespace
-        await self._authorize(request, namespace)
+        credentials = await self._authorize(request, action, namespace)
         body = await self._read_body(request)
         try:
             request_wire = await _off_loop(len(body), request_bytes, body, namespace)
         except BodyError as exc:
             raise HttpError(400, str(exc)) from None
         size = len(body)
-        response = await self._upstream.call(action.capitalize(), request_wire, self._settings.upstream_timeout)
+        response = await self._upstream.call(
+            action.capitalize(), request_wire, self._settings.upstream_timeout, credentials
+        )
         del request_wire  # a large batch's copies go as soon as they are done with (memory peak)
         try:
             answer, request[_NOTE].payloads = await _off_loop(size, response_document, response)
@@ -259,22 +284,28 @@ class _Routes:
         except errors.RequestError as exc:
             raise HttpError(400, str(exc)) from None
 
-    async def _authorize(self, request: web.Request, namespace: str) -> None:
+    async def _authorize(self, request: web.Request, operation: str, namespace: str) -> Credentials:
+        """The caller, authenticated and allowed ``operation`` in ``namespace``, and its token."""
+        authorization = request.headers.get("Authorization")
+        caller = await self._caller(authorization)
+        request[_NOTE].subject = caller.name[:200]
+        try:
+            self._access.check(caller, operation, namespace)
+        except errors.AccessDeniedError as exc:
+            raise HttpError(403, str(exc)) from None
+        return Credentials(caller, authorization if self._verifier is not None else None)
+
+    async def _caller(self, authorization: str | None) -> Caller:
         if self._verifier is None:
-            return
-        verifier = self._verifier
+            return ANONYMOUS_CALLER
         try:
             # May fetch the JWKS over the network: never on the event loop.
-            claims = await asyncio.to_thread(verifier.verify, request.headers.get("Authorization"))
-        except AuthError as exc:
+            return await asyncio.to_thread(self._verifier.verify, authorization)
+        except errors.UnauthenticatedError as exc:
             raise HttpError(401, str(exc), {"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
-        except AuthUnavailableError as exc:
+        except errors.IdentityProviderError as exc:
             log.warning("token not checked: %s: %s", exc, exc.__cause__)
-            raise HttpError(503, f"{exc}; retry later") from None
-        subject = claims.get("sub")
-        request[_NOTE].subject = subject[:200] if isinstance(subject, str) else ""
-        if not verifier.permits(claims, namespace):
-            raise HttpError(403, f"namespace {namespace!r} is not permitted for this token")
+            raise HttpError(503, str(exc)) from None
 
     async def _read_body(self, request: web.Request) -> bytes:
         limit = self._settings.max_body_bytes
@@ -288,11 +319,23 @@ class _Routes:
 
     async def _health(self) -> web.Response:
         status = await self._upstream.health()
-        return web.json_response({"status": status}, status=200 if status == "SERVING" else 503)
+        document: dict[str, Any] = {"status": status}
+        if self._settings.warnings:
+            document["warnings"] = list(self._settings.warnings)
+        return web.json_response(document, status=200 if status == "SERVING" else 503)
 
     async def _stats(self, request: web.Request, segments: list[str]) -> web.Response:
         namespace = self._namespace(request, segments)
         request[_NOTE].namespace = namespace
-        await self._authorize(request, namespace)
-        answer = await self._upstream.stats(namespace, self._settings.upstream_timeout)
-        return web.json_response(stats_json(answer))
+        credentials = await self._authorize(request, "stats", namespace)
+        answer = await self._upstream.stats(namespace, self._settings.upstream_timeout, credentials)
+        # The gRPC service filters too, when it authenticates; a sidecar's may not.
+        return web.json_response(stats_json(visible_stats(answer, credentials.caller, self._access)))
+
+
+def _check_json(request: web.Request) -> None:
+    """Only JSON bodies: a form or text/plain POST is what a cross-site page can send without a
+    preflight (blind CSRF); the UI, the CLI and the Go SDK all send application/json."""
+    if request.content_type != "application/json":
+        shown = request.headers.get("Content-Type", "none")[:100]
+        raise HttpError(415, f"Content-Type must be application/json, got {shown!r}")

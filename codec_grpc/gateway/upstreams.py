@@ -16,12 +16,14 @@ import asyncio
 import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from codec_grpc import errors
+from codec_grpc.access import Caller
 from codec_grpc.gateway.statuses import http_error_for_status
 from codec_grpc.service import SERVICE_NAME, CodecService, status_for
 from codec_grpc.v1 import codec_pb2, codec_pb2_grpc
@@ -37,10 +39,19 @@ OFF_LOOP_BYTES = 256 * 1024
 ProcessedObserver = Callable[[str, int, int, int], None]
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """Who a request is from: the caller the gateway authenticated, and the ``Authorization`` value
+    it verified (None when the gateway checks no tokens), which a gRPC upstream passes on."""
+
+    caller: Caller
+    authorization: str | None = None
+
+
 class Upstream(Protocol):
     """What the routes call; failures are raised as :class:`HttpError`."""
 
-    async def call(self, method: str, request: bytes, timeout: float) -> bytes:
+    async def call(self, method: str, request: bytes, timeout: float, credentials: Credentials) -> bytes:
         """``method`` ("Encode" or "Decode") on a serialized request; the serialized response."""
         ...
 
@@ -48,7 +59,7 @@ class Upstream(Protocol):
         """The codec service's health status name: ``SERVING`` when it serves."""
         ...
 
-    async def stats(self, namespace: str, timeout: float) -> codec_pb2.StatsResponse: ...
+    async def stats(self, namespace: str, timeout: float, credentials: Credentials) -> codec_pb2.StatsResponse: ...
 
     async def close(self) -> None: ...
 
@@ -78,16 +89,17 @@ class InProcessUpstream:
         self._max_message_bytes = max_message_bytes
         self._on_processed = on_processed
 
-    async def call(self, method: str, request: bytes, timeout: float) -> bytes:
+    async def call(self, method: str, request: bytes, timeout: float, credentials: Credentials) -> bytes:
         if len(request) > self._max_message_bytes:
             # The limit a gRPC call would meet, worded as gRPC words it: one answer for both paths.
             details = f"Received message larger than max ({len(request)} vs. {self._max_message_bytes})"
             raise http_error_for_status(grpc.StatusCode.RESOURCE_EXHAUSTED, details)
         try:
+            caller = credentials.caller
             if len(request) > OFF_LOOP_BYTES:
-                count, response = await self._on_thread(self._prepare_and_run, method, request, timeout=timeout)
+                count, response = await self._on_thread(self._prepare_and_run, method, request, caller, timeout=timeout)
             else:
-                batch = self._service.prepare(method, request)
+                batch = self._service.prepare(method, request, "", caller)
                 count = len(batch.payloads)
                 answer = self._service.run_cached(batch)
                 response = (
@@ -99,8 +111,8 @@ class InProcessUpstream:
             self._on_processed(method, count, len(request), len(response))
         return response
 
-    def _prepare_and_run(self, method: str, request: bytes) -> tuple[int, bytes]:
-        batch = self._service.prepare(method, request)
+    def _prepare_and_run(self, method: str, request: bytes, caller: Caller) -> tuple[int, bytes]:
+        batch = self._service.prepare(method, request, "", caller)
         count = len(batch.payloads)
         return count, self._service.run(batch)
 
@@ -116,10 +128,10 @@ class InProcessUpstream:
     async def health(self) -> str:
         return self._health()
 
-    async def stats(self, namespace: str, timeout: float) -> codec_pb2.StatsResponse:
+    async def stats(self, namespace: str, timeout: float, credentials: Credentials) -> codec_pb2.StatsResponse:
         request = codec_pb2.StatsRequest(namespace=namespace).SerializeToString()
         try:
-            return self._service.stats(request)
+            return self._service.stats(request, "", credentials.caller)
         except errors.CodecError as exc:
             raise http_error_for_status(status_for(exc), str(exc)) from None
 
@@ -151,9 +163,9 @@ class GrpcUpstream:
             method: self.channel.unary_unary(f"/{SERVICE_NAME}/{method}", None, None) for method in ("Encode", "Decode")
         }
 
-    async def call(self, method: str, request: bytes, timeout: float) -> bytes:
+    async def call(self, method: str, request: bytes, timeout: float, credentials: Credentials) -> bytes:
         try:
-            response: bytes = await self._raw[method](request, timeout=timeout)
+            response: bytes = await self._raw[method](request, timeout=timeout, metadata=_metadata(credentials))
         except grpc.aio.AioRpcError as exc:
             raise http_error_for_status(exc.code(), exc.details() or "") from None
         return response
@@ -167,10 +179,10 @@ class GrpcUpstream:
             return "UNREACHABLE"
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))
 
-    async def stats(self, namespace: str, timeout: float) -> codec_pb2.StatsResponse:
+    async def stats(self, namespace: str, timeout: float, credentials: Credentials) -> codec_pb2.StatsResponse:
         try:
             answer: codec_pb2.StatsResponse = await self._codec.Stats(
-                codec_pb2.StatsRequest(namespace=namespace), timeout=timeout
+                codec_pb2.StatsRequest(namespace=namespace), timeout=timeout, metadata=_metadata(credentials)
             )
         except grpc.aio.AioRpcError as exc:
             raise http_error_for_status(exc.code(), exc.details() or "") from None
@@ -178,3 +190,8 @@ class GrpcUpstream:
 
     async def close(self) -> None:
         await self.channel.close(grace=None)
+
+
+def _metadata(credentials: Credentials) -> tuple[tuple[str, str], ...]:
+    """The caller's token, passed on: a gRPC service that checks tokens authorizes the same caller."""
+    return () if credentials.authorization is None else (("authorization", credentials.authorization),)

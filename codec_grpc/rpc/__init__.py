@@ -6,11 +6,13 @@
 * :mod:`~codec_grpc.rpc.observe`: metrics and the access line of every call.
 """
 
+from codec_grpc.rpc.authn import Authenticator
 from codec_grpc.rpc.observe import CallObserver, ObservedHealthServicer
 from codec_grpc.rpc.server import ServerOptions, create_server, grpc_server, serving_status
 from codec_grpc.rpc.servicer import CodecServicer
 
 __all__ = [
+    "Authenticator",
     "CallObserver",
     "CodecServicer",
     "ObservedHealthServicer",

@@ -26,9 +26,12 @@ from typing import Any, Protocol, cast
 import grpc
 from grpc_health.v1 import health
 
+from codec_grpc.access import Caller
+
 access_log = logging.getLogger("codec_grpc.access")
 
 CODEC_SERVICE_PREFIX = "codec_grpc."  # access lines for our own service at INFO; probes and reflection at DEBUG
+_SUBJECT_CHARS = 200
 
 
 class MethodMetrics(Protocol):
@@ -56,13 +59,14 @@ class CallMetrics(Protocol):
 class CallNote:
     """What a handler tells the observer about its call: counts and sizes, never contents."""
 
-    __slots__ = ("namespace", "payloads", "received", "sent")
+    __slots__ = ("namespace", "payloads", "received", "sent", "subject")
 
-    def __init__(self, payloads: int, namespace: str, received: int) -> None:
+    def __init__(self, payloads: int, namespace: str, received: int, subject: str) -> None:
         self.payloads = payloads
         self.namespace = namespace
         self.received = received
         self.sent = 0
+        self.subject = subject
 
 
 # A unary handler runs on the thread that runs the observer around it. The observer takes the note
@@ -74,9 +78,9 @@ class _Notes(threading.local):
 _notes = _Notes()
 
 
-def note_call(payloads: int, namespace: str, received: int) -> CallNote:
+def note_call(payloads: int, namespace: str, received: int, caller: Caller) -> CallNote:
     """Called by a handler that exchanges serialized bytes: the observer cannot look inside them."""
-    note = CallNote(payloads, namespace, received)
+    note = CallNote(payloads, namespace, received, caller.name[:_SUBJECT_CHARS])
     _notes.current = note
     return note
 
@@ -184,6 +188,7 @@ class CallObserver:
                 "duration_ms": duration_ms,
                 "namespace": namespace,
                 "peer": context.peer(),
+                "subject": note.subject if note is not None else "",
             },
         )
 

@@ -1,8 +1,10 @@
 """The gRPC servicer of CodecService: thin, over :class:`codec_grpc.service.CodecService`.
 
-Encode and Decode take and return serialized messages (see :func:`method_handlers`):
-the service splits and joins them as bytes, never as message objects. A refusal
-aborts the call with the service's status code for it (``service.status_for``).
+Each call is authenticated (:mod:`~codec_grpc.rpc.authn`), then handed to the service,
+which authorizes it. Encode and Decode take and return serialized messages (see
+:func:`method_handlers`): the service splits and joins them as bytes, never as message
+objects. A refusal aborts the call with the service's status code for it
+(``service.status_for``).
 """
 
 from __future__ import annotations
@@ -13,16 +15,19 @@ import grpc
 
 from codec_grpc import errors
 from codec_grpc.core.namespaces import NAMESPACE_HEADER
+from codec_grpc.rpc.authn import Authenticator
 from codec_grpc.rpc.observe import note_call
 from codec_grpc.service import DECODE, ENCODE, CodecService, status_for
 from codec_grpc.v1 import codec_pb2
 
 
 class CodecServicer:
-    """Serves CodecService: each method hands the request bytes and the ``x-namespace`` header to the service."""
+    """Serves CodecService: each method hands the request bytes, the ``x-namespace`` header and the
+    authenticated caller to the service."""
 
-    def __init__(self, service: CodecService) -> None:
+    def __init__(self, service: CodecService, authenticator: Authenticator) -> None:
         self._service = service
+        self._authenticator = authenticator
 
     def Encode(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         return self._codec_call(ENCODE, request, context)
@@ -32,14 +37,18 @@ class CodecServicer:
 
     def Stats(self, request: bytes, context: grpc.ServicerContext) -> codec_pb2.StatsResponse:
         try:
-            return self._service.stats(request, _header_namespace(context))
+            namespace, authorization = _metadata(context)
+            caller = self._authenticator.caller(context, authorization)
+            return self._service.stats(request, namespace, caller)
         except errors.CodecError as exc:
             _abort(context, exc)
 
     def _codec_call(self, method: str, request: bytes, context: grpc.ServicerContext) -> bytes:
         try:
-            batch = self._service.prepare(method, request, _header_namespace(context))
-            note = note_call(len(batch.payloads), batch.namespace, len(request))
+            namespace, authorization = _metadata(context)
+            caller = self._authenticator.caller(context, authorization)
+            batch = self._service.prepare(method, request, namespace, caller)
+            note = note_call(len(batch.payloads), batch.namespace, len(request), caller)
             response = self._service.run(batch)
         except errors.CodecError as exc:
             _abort(context, exc)
@@ -47,13 +56,16 @@ class CodecServicer:
         return response
 
 
-def _header_namespace(context: grpc.ServicerContext) -> str:
-    """The ``x-namespace`` metadata value (the last one, as the request's own field would be)."""
-    found = ""
+def _metadata(context: grpc.ServicerContext) -> tuple[str, str | None]:
+    """The ``x-namespace`` and ``authorization`` metadata values (the last of each, as a request's
+    own field would be)."""
+    namespace, authorization = "", None
     for name, value in context.invocation_metadata():
         if name == NAMESPACE_HEADER and isinstance(value, str):
-            found = value
-    return found
+            namespace = value
+        elif name == "authorization" and isinstance(value, str):
+            authorization = value
+    return namespace, authorization
 
 
 def _abort(context: grpc.ServicerContext, error: errors.CodecError) -> NoReturn:

@@ -13,12 +13,14 @@ page of the docs (``make docs``) and :class:`Config` all come from it.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Any
 
+from codec_grpc.access import AccessTokenRule
 from codec_grpc.core.namespaces import parse_namespace
 from codec_grpc.errors import ConfigError
 from codec_grpc.keys.caches import MAX_ENCRYPTIONS_LIMIT
@@ -100,6 +102,26 @@ def parse_http_url(text: str) -> str | None:
     return value or None
 
 
+def parse_claim_name(text: str) -> str:
+    value = text.strip()
+    if not value or any(c.isspace() for c in value):
+        raise ValueError(f"must be a claim name, got {text!r}")
+    return value
+
+
+def parse_access_token_rule(text: str) -> AccessTokenRule:
+    return AccessTokenRule.parse(text)
+
+
+def parse_hosts(text: str) -> frozenset[str]:
+    hosts = set()
+    for item in filter(None, (part.strip().lower() for part in text.split(","))):
+        if not re.match(r"^([a-z0-9.-]+|\[[0-9a-f:.]+\])(:[0-9]{1,5})?$", item):
+            raise ValueError(f"expected host names like codec.example.com or codec.example.com:8081, got {item!r}")
+        hosts.add(item)
+    return frozenset(hosts)
+
+
 def parse_audiences(text: str) -> tuple[str, ...]:
     return tuple(filter(None, (part.strip() for part in text.split(","))))
 
@@ -134,7 +156,13 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("GRPC_HOST", "0.0.0.0", parse_key_id, "address the gRPC server listens on"),
+    Setting(
+        "GRPC_HOST",
+        "127.0.0.1",
+        parse_key_id,
+        "address the gRPC server listens on; beyond loopback it needs AUTH_JWKS_URL or TLS_CLIENT_CA_FILE "
+        "(or ALLOW_UNAUTHENTICATED)",
+    ),
     Setting("GRPC_PORT", "50051", parse_int(0, 65535), "gRPC port (0 picks a free port)"),
     Setting(
         "GRPC_MAX_MESSAGE_BYTES",
@@ -234,7 +262,12 @@ SETTINGS: tuple[Setting, ...] = (
         parse_bool,
         "serve the HTTP/JSON gateway in the server process (it calls the codec directly)",
     ),
-    Setting("GATEWAY_HOST", "0.0.0.0", parse_key_id, "address the HTTP gateway listens on"),
+    Setting(
+        "GATEWAY_HOST",
+        "127.0.0.1",
+        parse_key_id,
+        "address the HTTP gateway listens on; beyond loopback it needs AUTH_JWKS_URL (or ALLOW_UNAUTHENTICATED)",
+    ),
     Setting("PORT", "8081", parse_int(0, 65535), "HTTP gateway port (0 picks a free port)"),
     Setting(
         "CODEC_GRPC_TARGET",
@@ -275,6 +308,46 @@ SETTINGS: tuple[Setting, ...] = (
         parse_seconds(0, 86400),
         "fewest seconds between JWKS refetches caused by tokens with an unknown key id",
     ),
+    Setting(
+        "AUTH_OPERATIONS_CLAIM",
+        "",
+        parse_optional,
+        "token claim listing the operations a caller may do (encode, decode, stats); unset: all of them",
+    ),
+    Setting("AUTH_GROUPS_CLAIM", "groups", parse_claim_name, "token claim listing the caller's groups (policy file)"),
+    Setting(
+        "AUTH_ACCESS_TOKEN",
+        "typ:at+jwt",
+        parse_access_token_rule,
+        "how an access token differs from an ID token, any of: typ:VALUE (JOSE header), claim:NAME, "
+        "claim:NAME=VALUE, any",
+    ),
+    Setting(
+        "AUTHZ_POLICY_FILE",
+        "",
+        parse_optional,
+        "YAML or JSON file granting certificate identities, token subjects and groups namespaces and operations",
+    ),
+    Setting(
+        "ALLOW_UNAUTHENTICATED",
+        "false",
+        parse_bool,
+        "let gRPC and the gateway listen beyond loopback without authentication: anyone who reaches them "
+        "may encode and decode (logged at start, shown by /health and a metric)",
+    ),
+    Setting(
+        "ACCEPT_UNBOUND_PAYLOADS",
+        "false",
+        parse_bool,
+        "with NAMESPACE_BINDING, still decode payloads bound to no namespace (written while binding was off): "
+        "a migration switch",
+    ),
+    Setting(
+        "GATEWAY_ALLOWED_HOSTS",
+        "",
+        parse_hosts,
+        "Host header values the gateway answers, comma-separated (name or name:port); others get 400. Unset: any",
+    ),
     Setting("LOG_FORMAT", "text", parse_choice("text", "json"), "log lines as text, or one JSON object per line"),
     Setting(
         "SHUTDOWN_GRACE",
@@ -283,7 +356,13 @@ SETTINGS: tuple[Setting, ...] = (
         "seconds calls in flight may take to finish after SIGTERM/SIGINT before they are cancelled",
     ),
     Setting("METRICS_ENABLED", "true", parse_bool, "serve Prometheus metrics at /metrics on METRICS_PORT"),
-    Setting("METRICS_HOST", "0.0.0.0", parse_key_id, "address the metrics endpoint listens on"),
+    Setting("METRICS_HOST", "127.0.0.1", parse_key_id, "address the metrics endpoint listens on"),
+    Setting(
+        "METRICS_BEARER_TOKEN_FILE",
+        "",
+        parse_optional,
+        "file holding a secret: /metrics then answers only 'Authorization: Bearer <that secret>'",
+    ),
     Setting("METRICS_PORT", "9464", parse_int(0, 65535), "Prometheus metrics port (0 picks a free port)"),
     Setting("TLS_CERT_FILE", "", parse_optional, "PEM certificate chain: serve gRPC over TLS (needs TLS_KEY_FILE)"),
     Setting("TLS_KEY_FILE", "", parse_optional, "PEM private key of TLS_CERT_FILE"),
@@ -358,10 +437,18 @@ class Config:
     auth_audience: tuple[str, ...]
     auth_namespaces_claim: str | None
     auth_jwks_refresh_interval: float
+    auth_operations_claim: str | None
+    auth_groups_claim: str
+    auth_access_token: AccessTokenRule
+    authz_policy_file: str | None
+    allow_unauthenticated: bool
+    accept_unbound_payloads: bool
+    gateway_allowed_hosts: frozenset[str]
     log_format: str
     shutdown_grace: float
     metrics_enabled: bool
     metrics_host: str
+    metrics_bearer_token_file: str | None
     metrics_port: int
     tls_cert_file: str | None
     tls_key_file: str | None
@@ -376,6 +463,11 @@ class Config:
     @property
     def auth_enabled(self) -> bool:
         return self.auth_jwks_url is not None
+
+    @property
+    def grpc_authenticated(self) -> bool:
+        """Whether every gRPC caller must show a token or a verified client certificate."""
+        return self.auth_enabled or self.tls_client_ca_file is not None
 
 
 def build_parser(prog: str = "codec-server") -> argparse.ArgumentParser:
@@ -428,6 +520,43 @@ def _check_consistency(config: Config) -> None:
             f"got {config.data_key_max_encryptions}",
         )
     _check_auth(config)
+    if not config.namespace_binding and config.auth_namespaces_claim:
+        # Without binding a payload of any namespace decodes under a permitted one: the grant means nothing.
+        # (A policy file that limits namespaces is refused alike when it is read: runtime.access.)
+        raise ConfigError(
+            "NAMESPACE_BINDING",
+            "must be true when AUTH_NAMESPACES_CLAIM limits namespaces: without binding, a payload of any "
+            "namespace decodes under a permitted one",
+        )
+
+
+def check_exposure(config: Config, *, serves_grpc: bool, serves_gateway: bool) -> None:
+    """Refuse an Encode/Decode port that listens beyond loopback with no authentication, unless
+    ALLOW_UNAUTHENTICATED says so: whoever reaches such a port may decrypt every payload."""
+    if config.allow_unauthenticated:
+        return
+    fix = "bind it to 127.0.0.1, or set ALLOW_UNAUTHENTICATED=true to let anyone who reaches it encode and decode"
+    if serves_grpc and not is_loopback(config.grpc_host) and not config.grpc_authenticated:
+        raise ConfigError(
+            "GRPC_HOST",
+            f"{config.grpc_host} is beyond loopback and gRPC callers are not authenticated: set AUTH_JWKS_URL "
+            f"(bearer tokens) or TLS_CLIENT_CA_FILE (client certificates), {fix}",
+        )
+    if serves_gateway and not is_loopback(config.gateway_host) and not config.auth_enabled:
+        raise ConfigError(
+            "GATEWAY_HOST",
+            f"{config.gateway_host} is beyond loopback and gateway callers are not authenticated: set "
+            f"AUTH_JWKS_URL (bearer tokens from the Temporal UI or CLI), {fix}",
+        )
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve anywhere
 
 
 def _check_gateway_upstream_tls(config: Config) -> None:

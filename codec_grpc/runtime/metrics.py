@@ -19,23 +19,30 @@ feed these through hooks and small interfaces, and import no Prometheus code:
 
 from __future__ import annotations
 
+import hmac
+import socket
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
-from wsgiref.simple_server import WSGIServer
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import grpc
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     PlatformCollector,
     ProcessCollector,
-    start_http_server,
+    make_wsgi_app,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
+from codec_grpc.errors import ConfigError
 from codec_grpc.gateway.app import ROUTES
 from codec_grpc.keys import KeyStats
 
@@ -63,13 +70,78 @@ def new_registry() -> CollectorRegistry:
     return registry
 
 
-def start_metrics_server(host: str, port: int, registry: CollectorRegistry) -> tuple[WSGIServer, int]:
+def start_metrics_server(
+    host: str, port: int, registry: CollectorRegistry, bearer_token: str | None = None
+) -> tuple[WSGIServer, int]:
     """Serve ``registry`` at ``/metrics`` from a daemon thread; returns the server and its bound port.
 
-    Call ``server.shutdown()`` to stop it.
+    ``/healthz`` answers 200 ``ok`` to anyone while the process runs: a liveness probe for a pod
+    whose Encode/Decode ports listen on loopback only (the Helm chart without authentication).
+    With ``bearer_token``, a scrape must send ``Authorization: Bearer <bearer_token>`` (Prometheus:
+    ``authorization.credentials_file``); others get 401. Call ``server.shutdown()`` to stop it.
     """
-    server, _thread = start_http_server(port, addr=host, registry=registry)
+    app = make_wsgi_app(registry)
+    if bearer_token is not None:
+        app = _bearer_only(app, bearer_token)
+    app = _with_liveness(app)
+
+    class Server(ThreadingWSGIServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    server = make_server(host.strip("[]"), port, app, Server, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server, int(server.server_address[1])
+
+
+def read_bearer_token(path: str) -> str:
+    """The secret of METRICS_BEARER_TOKEN_FILE; ConfigError when it cannot be read or is empty."""
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("METRICS_BEARER_TOKEN_FILE", f"cannot read {path}: {exc}") from None
+    if not token:
+        raise ConfigError("METRICS_BEARER_TOKEN_FILE", f"{path} is empty")
+    return token
+
+
+def _with_liveness(app: Any) -> Any:
+    def served(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("PATH_INFO") == "/healthz":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ok\n"]
+        return app(environ, start_response)
+
+    return served
+
+
+def _bearer_only(app: Any, token: str) -> Any:
+    expected = f"Bearer {token}".encode()
+
+    def guarded(environ: dict[str, Any], start_response: Any) -> Any:
+        given = environ.get("HTTP_AUTHORIZATION", "").encode("latin-1", "replace")
+        if not hmac.compare_digest(given, expected):
+            start_response("401 Unauthorized", [("Content-Type", "text/plain"), ("WWW-Authenticate", "Bearer")])
+            return [b"metrics need 'Authorization: Bearer <METRICS_BEARER_TOKEN_FILE secret>'\n"]
+        return app(environ, start_response)
+
+    return guarded
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not worth a log line each."""
+
+
+def unauthenticated_gauge(registry: CollectorRegistry, ports: int) -> Gauge:
+    """1 while ALLOW_UNAUTHENTICATED lets ports beyond loopback take unauthenticated callers."""
+    gauge = Gauge(
+        f"{PREFIX}_unauthenticated_allowed",
+        "1 when ALLOW_UNAUTHENTICATED lets a port beyond loopback serve Encode/Decode to unauthenticated callers.",
+        registry=registry,
+        multiprocess_mode="max",
+    )
+    gauge.set(1 if ports else 0)
+    return gauge
 
 
 class GrpcMetrics:

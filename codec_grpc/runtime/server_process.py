@@ -34,10 +34,11 @@ from codec_grpc.errors import ConfigError
 from codec_grpc.gateway import GatewayThread
 from codec_grpc.kms import devkms
 from codec_grpc.kms.client import aws_credentials_found
-from codec_grpc.runtime.config import Config, load_config
-from codec_grpc.runtime.gateway_process import gateway_thread
+from codec_grpc.runtime.access import unauthenticated_ports, warn_if_unauthenticated
+from codec_grpc.runtime.config import Config, check_exposure, load_config
+from codec_grpc.runtime.gateway_process import GatewayAccess, gateway_thread
 from codec_grpc.runtime.logs import configure_logging
-from codec_grpc.runtime.metrics import new_registry, start_metrics_server
+from codec_grpc.runtime.metrics import new_registry, read_bearer_token, start_metrics_server, unauthenticated_gauge
 from codec_grpc.runtime.multiprocess import (
     KeyStatsPublisher,
     enable_multiprocess_mode,
@@ -54,10 +55,12 @@ STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     try:
         config = load_config(os.environ if environ is None else environ, sys.argv[1:] if argv is None else argv)
+        check_exposure(config, serves_grpc=True, serves_gateway=config.gateway_enabled)
     except ConfigError as exc:
         print(f"codec-server: error: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.log_level, config.log_format)
+    warn_if_unauthenticated(_unauthenticated(config))
     if config.workers > 1:
         return _run_workers(config)
     return _run_server(config)
@@ -69,6 +72,7 @@ def _run_server(config: Config, worker: int | None = None, received: list[int] |
     publisher = None
     try:
         app = build_app(config, client, new_registry())
+        unauthenticated_gauge(app.registry, len(_unauthenticated(config)))
         # A worker's metrics reach the supervisor's endpoint through the shared files.
         metrics_server = _metrics_server(app) if worker is None else None
     except (OSError, ConfigError) as exc:
@@ -103,8 +107,9 @@ def _metrics_server(app: CodecApp) -> Any:
     config = app.config
     if not config.metrics_enabled:
         return None
+    token = read_bearer_token(config.metrics_bearer_token_file) if config.metrics_bearer_token_file else None
     try:
-        server, port = start_metrics_server(config.metrics_host, config.metrics_port, app.registry)
+        server, port = start_metrics_server(config.metrics_host, config.metrics_port, app.registry, token)
     except OSError as exc:
         address = f"{config.metrics_host}:{config.metrics_port}"
         raise ConfigError("METRICS_PORT", f"cannot listen on {address}: {exc}") from None
@@ -151,7 +156,12 @@ def _supervisor_metrics(config: Config, metrics_dir: str, supervisor: Supervisor
         return None
     registry = multiprocess_registry(metrics_dir)
     try:
-        server, port = start_metrics_server(config.metrics_host, config.metrics_port, registry)
+        token = read_bearer_token(config.metrics_bearer_token_file) if config.metrics_bearer_token_file else None
+        server, port = start_metrics_server(config.metrics_host, config.metrics_port, registry, token)
+    except ConfigError as exc:
+        print(f"codec-server: error: {exc}", file=sys.stderr)
+        supervisor.fail(2)
+        return None
     except OSError as exc:
         print(f"codec-server: error: METRICS_PORT: cannot listen: {exc}", file=sys.stderr)
         supervisor.fail(2)
@@ -240,7 +250,7 @@ def _start_gateway(app: CodecApp) -> GatewayThread | None:
         return None
     # METRICS_ENABLED=false: HTTP requests are not counted either (nothing could serve the counts).
     registry = app.registry if config.metrics_enabled else None
-    gateway = gateway_thread(config, in_process_upstream(app), registry)
+    gateway = gateway_thread(config, in_process_upstream(app), registry, GatewayAccess(app.verifier, app.access))
     try:
         port = gateway.start()
     except ConfigError:
@@ -283,3 +293,7 @@ def _banner(app: CodecApp) -> None:
             "shutdown_grace_seconds": config.shutdown_grace,
         },
     )
+
+
+def _unauthenticated(config: Config) -> list[str]:
+    return unauthenticated_ports(config, serves_grpc=True, serves_gateway=config.gateway_enabled)

@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health
 from prometheus_client import CollectorRegistry
 
+from codec_grpc.access import AccessPolicy, TokenVerifier
 from codec_grpc.core import DataKey, EnvelopeCodec
 from codec_grpc.gateway import InProcessUpstream
 from codec_grpc.keys import KeyManager, KeyPolicy
@@ -24,6 +25,7 @@ from codec_grpc.kms import KmsKeyProvider
 from codec_grpc.kms.client import kms_client as boto_kms_client
 from codec_grpc.rpc import CallObserver, CodecServicer, ObservedHealthServicer, ServerOptions, create_server
 from codec_grpc.rpc.server import serving_status
+from codec_grpc.runtime.access import access_policy, grpc_authenticator, token_verifier
 from codec_grpc.runtime.config import Config
 from codec_grpc.runtime.metrics import GrpcMetrics, KeyCacheCollector, KmsMetrics
 from codec_grpc.runtime.tls import grpc_server_credentials
@@ -70,6 +72,8 @@ class CodecApp:
     port: int
     registry: CollectorRegistry
     observer: CallObserver
+    verifier: TokenVerifier | None  # None: no bearer tokens checked
+    access: AccessPolicy
     # Also counts the payloads of server.py's in-process gateway; None with METRICS_ENABLED=false.
     grpc_metrics: GrpcMetrics | None
 
@@ -89,9 +93,11 @@ def build_app(config: Config, client: Any, registry: CollectorRegistry | None = 
     )
     keys = KeyManager(provider, key_policy(config), DataKey)
     KeyCacheCollector(keys.stats, registry)
-    codec = EnvelopeCodec(keys, bind_namespace=config.namespace_binding)
+    codec = EnvelopeCodec(keys, bind_namespace=config.namespace_binding, accept_unbound=config.accept_unbound_payloads)
     limits = ServiceLimits(default_namespace=config.default_namespace, max_payloads=config.max_payloads_per_request)
-    service = CodecService(codec, keys, provider.stats, limits)
+    access = access_policy(config)
+    verifier = token_verifier(config)
+    service = CodecService(codec, keys, provider.stats, limits, access)
     options = ServerOptions(
         host=config.grpc_host,
         port=config.grpc_port,
@@ -104,9 +110,22 @@ def build_app(config: Config, client: Any, registry: CollectorRegistry | None = 
     grpc_metrics = GrpcMetrics(registry) if config.metrics_enabled else None
     observer = CallObserver(grpc_metrics)
     health_servicer = ObservedHealthServicer(observer)
-    server, port = create_server(CodecServicer(service), options, health_servicer, observer=observer)
+    servicer = CodecServicer(service, grpc_authenticator(config, verifier))
+    server, port = create_server(servicer, options, health_servicer, observer=observer)
     return CodecApp(
-        config, provider, keys, codec, service, health_servicer, server, port, registry, observer, grpc_metrics
+        config,
+        provider,
+        keys,
+        codec,
+        service,
+        health_servicer,
+        server,
+        port,
+        registry,
+        observer,
+        verifier,
+        access,
+        grpc_metrics,
     )
 
 

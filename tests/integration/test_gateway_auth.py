@@ -80,7 +80,7 @@ def test_cli_codec_auth_is_sent_verbatim(secured: Gateway, jwks: Jwks) -> None:
 
 
 def test_missing_or_malformed_authorization(secured: Gateway) -> None:
-    assert_401(call(secured, None), "missing Authorization header")
+    assert_401(call(secured, None), "missing credentials: send 'Authorization: Bearer <access token>'")
     assert_401(call(secured, "Basic YWxpY2U6cHc="), "must be 'Bearer <access token>'")
     assert_401(call(secured, "Bearer "), "must be 'Bearer <access token>'")
     assert_401(call(secured, "Bearer not.a.jwt"), "invalid token")
@@ -174,7 +174,8 @@ def test_namespaces_claim(start_gateway, jwks: Jwks, granted: Any, namespace: st
     assert reply.status == status, reply.body
     assert_cors(reply)
     if status == 403:
-        assert reply.error == f"namespace {namespace!r} is not permitted for this token"
+        # Names who, what and where; never the payload.
+        assert reply.error == f"token 'alice' may not encode in namespace {namespace!r}"
 
 
 def test_path_namespace_is_checked_too(start_gateway, jwks: Jwks) -> None:

@@ -16,7 +16,7 @@ from google.protobuf import json_format
 
 from codec_grpc.gateway import GatewayThread
 from codec_grpc.gateway.upstreams import OFF_LOOP_BYTES
-from codec_grpc.runtime.gateway_process import gateway_thread
+from codec_grpc.runtime.gateway_process import GatewayAccess, gateway_thread
 from codec_grpc.v1 import codec_pb2 as pb
 from tests.support.fixtures import RunningCodec, free_port
 from tests.support.gateway import UI_ORIGIN, Gateway, InProcess, assert_cors, b64, plain_payload, unb64
@@ -155,7 +155,8 @@ def gateway_pair(
         upstream = InProcess(running.app)
         pair = []
         for target in (upstream, running.target):
-            thread = gateway_thread(running.app.config, target)
+            access = GatewayAccess(running.app.verifier, running.app.access)
+            thread = gateway_thread(running.app.config, target, access=access)
             threads.append(thread)
             pair.append(Gateway(thread.start(), running, alias, arn, upstream if target is upstream else None))
         return pair[0], pair[1]

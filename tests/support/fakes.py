@@ -67,6 +67,7 @@ class StaticKeys:
     def __init__(self) -> None:
         self.keys: dict[str | None, DataKey] = {}
         self.requests: list[tuple[str, str | None, int]] = []
+        self.unwrapped: list[str | None] = []  # the binding of every decryption_key call
 
     def _key(self, binding: str | None) -> DataKey:
         if binding not in self.keys:
@@ -79,6 +80,7 @@ class StaticKeys:
         return self._key(binding)
 
     def decryption_key(self, key_arn: str, encrypted_key: bytes, binding: str | None) -> DataKey:
+        self.unwrapped.append(binding)
         key = self._key(binding)
         if key_arn != key.key_id or encrypted_key != key.encrypted_key:
             raise errors.KmsInvalidCiphertextError("static keys: unknown data key")

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from codec_grpc.gateway import GatewayThread
-from codec_grpc.runtime.gateway_process import gateway_thread
+from codec_grpc.gateway.upstreams import Credentials
+from codec_grpc.runtime.gateway_process import GatewayAccess, gateway_thread
 from codec_grpc.runtime.wiring import CodecApp, in_process_upstream
 from codec_grpc.v1 import codec_pb2
 
@@ -81,15 +82,15 @@ class InProcess:
         """(calls answered on the event loop, calls run on a thread) so far."""
         return self.calls - self.executor.submitted, self.executor.submitted
 
-    async def call(self, method: str, request: bytes, timeout: float) -> bytes:
+    async def call(self, method: str, request: bytes, timeout: float, credentials: Credentials) -> bytes:
         self.calls += 1
-        return await self.upstream.call(method, request, timeout)
+        return await self.upstream.call(method, request, timeout, credentials)
 
     async def health(self) -> str:
         return await self.upstream.health()
 
-    async def stats(self, namespace: str, timeout: float) -> codec_pb2.StatsResponse:
-        return await self.upstream.stats(namespace, timeout)
+    async def stats(self, namespace: str, timeout: float, credentials: Credentials) -> codec_pb2.StatsResponse:
+        return await self.upstream.stats(namespace, timeout, credentials)
 
     async def close(self) -> None:
         await self.upstream.close()
@@ -171,7 +172,8 @@ def start_gateway(
         if upstream_mode == "in-process":
             assert target is None, "a gRPC target needs upstream_mode 'grpc'"
             in_process = InProcess(running.app)
-        thread = gateway_thread(running.app.config, in_process or target or running.target)
+        access = GatewayAccess(running.app.verifier, running.app.access)
+        thread = gateway_thread(running.app.config, in_process or target or running.target, access=access)
         threads.append(thread)
         return Gateway(thread.start(), running, alias, arn, in_process)
 

@@ -48,11 +48,14 @@ class Jwks:
     fetches: int = 0
     url: str = ""
 
-    def token(self, key: SigningKey, **overrides: Any) -> str:
+    def token(self, key: SigningKey, *, header_typ: str | None = "at+jwt", **overrides: Any) -> str:
+        """An access token (header ``typ: at+jwt``, RFC 9068) for ``alice``; ``header_typ=None`` makes
+        one with PyJWT's ``typ: JWT``, as an ID token is; a claim given as None is left out."""
         now = int(time.time())
         claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "alice", "iat": now, "exp": now + 600, **overrides}
         claims = {k: v for k, v in claims.items() if v is not None}
-        return jwt.encode(claims, key.private, algorithm=key.alg, headers={"kid": key.kid})
+        headers = {"kid": key.kid, **({"typ": header_typ} if header_typ is not None else {})}
+        return jwt.encode(claims, key.private, algorithm=key.alg, headers=headers)
 
 
 @pytest.fixture

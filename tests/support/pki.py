@@ -49,20 +49,23 @@ class Authority:
             .not_valid_after(now + datetime.timedelta(days=1))
         )
 
-    def issue(self, common_name: str, *, server: bool) -> Issued:
+    def issue(self, common_name: str, *, server: bool, uris: tuple[str, ...] = (), dns: tuple[str, ...] = ()) -> Issued:
+        """A certificate for ``common_name``; a client's may carry URI SANs (SPIFFE IDs) and DNS SANs."""
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
         usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
         builder = self._builder(subject, self.cert.subject, key).add_extension(
             x509.ExtendedKeyUsage([usage]), critical=False
         )
+        names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri) for uri in uris]
+        names += [x509.DNSName(name) for name in dns]
         if server:
-            names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            names += [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        if names:
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         cert = builder.sign(self.key, hashes.SHA256())
-        issued = Issued(
-            self.directory / f"{self.name}-{common_name}.crt", self.directory / f"{self.name}-{common_name}.key"
-        )
+        stem = f"{self.name}-{common_name}-{len(uris)}{len(dns)}"
+        issued = Issued(self.directory / f"{stem}.crt", self.directory / f"{stem}.key")
         issued.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         issued.key.write_bytes(
             key.private_bytes(

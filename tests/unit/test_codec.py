@@ -162,10 +162,19 @@ def test_binding_off_shares_one_unbound_key_and_still_reads_bound_payloads(keys:
     assert keys.requests[0] == ("team-a", None, 2)
 
 
-def test_bound_codec_reads_payloads_written_unbound(keys: StaticKeys) -> None:
-    """Turning binding on later keeps old payloads decodable (in-flight workflows)."""
+def test_bound_codec_refuses_payloads_written_unbound(keys: StaticKeys) -> None:
+    """An unbound payload could be any namespace's: under binding, decoding it in the caller's
+    namespace would let a caller of one namespace read another's data."""
+    encoded = EnvelopeCodec(keys, bind_namespace=False).encode(_payloads(1), "billing")
+    with pytest.raises(errors.UnboundPayloadError, match="^payload 0: bound to no namespace .*ACCEPT_UNBOUND"):
+        EnvelopeCodec(keys).decode(encoded, "orders")
+    assert keys.unwrapped == [], "refused before any key was asked for"
+
+
+def test_accept_unbound_reads_payloads_written_unbound(keys: StaticKeys) -> None:
+    """The migration switch: turning binding on later keeps old payloads decodable (in-flight workflows)."""
     encoded = EnvelopeCodec(keys, bind_namespace=False).encode(_payloads(1), "x")
-    assert EnvelopeCodec(keys).decode(encoded, "any-namespace") == _payloads(1)
+    assert EnvelopeCodec(keys, accept_unbound=True).decode(encoded, "any-namespace") == _payloads(1)
 
 
 def test_key_provider_errors_name_the_payload(codec: EnvelopeCodec) -> None:

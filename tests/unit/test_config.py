@@ -15,7 +15,10 @@ from tests.support.paths import ROOT
 def test_defaults() -> None:
     config = load_config({})
     assert config.grpc_port == 50051
-    assert config.grpc_host == "0.0.0.0"
+    # Secure by default: every listener on loopback, nothing unauthenticated allowed beyond it.
+    assert (config.grpc_host, config.gateway_host, config.metrics_host) == ("127.0.0.1",) * 3
+    assert config.allow_unauthenticated is False
+    assert config.accept_unbound_payloads is False
     assert config.default_namespace == "default"
     assert config.kms_key_alias == "alias/temporal-codec-latest"
     assert config.data_key_rotation_interval == 3600
