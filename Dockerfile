@@ -32,6 +32,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-index --find-links /wheels temporal-codec-grpc
+# A container is reached through its interfaces, not its loopback: listen on all of them. The server
+# then refuses to start (exit 2, naming the fix) until callers are authenticated (AUTH_JWKS_URL,
+# TLS_CLIENT_CA_FILE) or ALLOW_UNAUTHENTICATED=true says otherwise, loudly (docs/security.md).
+ENV GRPC_HOST=0.0.0.0 \
+    GATEWAY_HOST=0.0.0.0 \
+    METRICS_HOST=0.0.0.0
 USER 10001:10001
 WORKDIR /tmp
 # gRPC, HTTP gateway, Prometheus metrics

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from codec_grpc.errors import ConfigError
+from codec_grpc.runtime.config import check_exposure, load_config
 from tests.support.paths import ROOT
 
 COMPILERS = re.compile(r"\b(gcc|g\+\+|cc|clang|build-essential|make|apt-get|apt|protoc|grpc_tools)\b")
@@ -161,3 +163,14 @@ def test_package_wheel_carries_the_generated_code_and_console_script(tmp_path):
     } <= names
     assert not any(name.startswith("tests/") for name in names)
     assert "codec-server = codec_grpc.runtime.server_process:main" in entry_points
+
+
+def test_the_image_listens_on_all_interfaces_and_so_needs_authentication(stages):
+    """The image sets the hosts explicitly; with them the server's own check refuses to start
+    without authentication (ALLOW_UNAUTHENTICATED loosens it): the same settings, checked here."""
+    env = dict(item.split("=", 1) for arg in stages[-1].args("ENV") for item in arg.replace("\\", " ").split())
+    hosts = {name: env[name] for name in ("GRPC_HOST", "GATEWAY_HOST", "METRICS_HOST")}
+    assert hosts == dict.fromkeys(hosts, "0.0.0.0")
+    config = load_config(hosts)
+    with pytest.raises(ConfigError, match="^GRPC_HOST: 0.0.0.0 is beyond loopback"):
+        check_exposure(config, serves_grpc=True, serves_gateway=True)
