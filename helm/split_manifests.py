@@ -2,8 +2,9 @@
 
 kubernetes-validate knows only built-in kinds, so the CRD objects (ServiceMonitor,
 PrometheusRule) are checked here instead: a ServiceMonitor's endpoints must name ports
-of the chart's Service, and a PrometheusRule's spec is written out as a plain rule file
-for `promtool check rules`.
+of the chart's Service and use only the fields the chart means to set (a bearer token
+`authorization` from a secret), and a PrometheusRule's spec is written out as a plain rule
+file for `promtool check rules`.
 
 usage: python split_manifests.py RENDERED.yaml BUILTIN_OUT.yaml RULES_OUT.yaml
 """
@@ -17,6 +18,8 @@ from typing import Any
 import yaml
 
 CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
+# Fields of monitoring.coreos.com/v1 Endpoint that the chart sets (a misspelt one would be dropped).
+ENDPOINT_FIELDS = {"port", "path", "interval", "scrapeTimeout", "authorization"}
 
 
 def main(rendered: str, builtin_out: str, rules_out: str) -> int:
@@ -47,6 +50,26 @@ def check_service_monitors(documents: list[dict[str, Any]], crds: list[dict[str,
                 problems.append(f"ServiceMonitor endpoint port {endpoint.get('port')!r} is not a Service port")
             if endpoint.get("path") != "/metrics":
                 problems.append(f"ServiceMonitor endpoint path {endpoint.get('path')!r} is not /metrics")
+            unknown = set(endpoint) - ENDPOINT_FIELDS
+            if unknown:
+                problems.append(f"ServiceMonitor endpoint has unknown fields {sorted(unknown)}")
+            if "authorization" in endpoint:
+                problems.extend(check_authorization(endpoint["authorization"]))
+    return problems
+
+
+def check_authorization(authorization: Any) -> list[str]:
+    """SafeAuthorization: type Bearer, credentials a SecretKeySelector (name, key)."""
+    if not isinstance(authorization, dict) or set(authorization) != {"type", "credentials"}:
+        return [f"ServiceMonitor endpoint authorization must have type and credentials: {authorization!r}"]
+    problems = []
+    if authorization["type"] != "Bearer":
+        problems.append(f"ServiceMonitor endpoint authorization type {authorization['type']!r} is not Bearer")
+    credentials = authorization["credentials"]
+    if not isinstance(credentials, dict) or set(credentials) != {"name", "key"} or not all(credentials.values()):
+        problems.append(
+            f"ServiceMonitor endpoint authorization credentials must be a secret name and key: {credentials!r}"
+        )
     return problems
 
 

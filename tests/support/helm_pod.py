@@ -6,16 +6,22 @@ package, installed beside this Python) with its rendered environment, changed on
 laptop differs from a pod:
 
 * every container port gets a free local port, and env values naming a port of the pod (``"8081"``,
-  ``"localhost:50051"``) are rewritten to it: the containers share one network namespace;
-* ``0.0.0.0`` becomes ``127.0.0.1``: tests bind loopback only;
-* secret volumes are written into a temporary directory from ``secrets`` (name -> key -> bytes,
-  honouring ``items``), and env values under a ``mountPath`` point into it;
+  ``"127.0.0.1:50051"``) are rewritten to it: the containers share one network namespace;
+* ``0.0.0.0`` becomes ``127.0.0.1``: tests bind loopback only. What the rendered address meant is
+  kept: a port whose ``*_HOST`` setting is loopback (``GRPC_HOST`` for ``GRPC_PORT``, ``GATEWAY_HOST``
+  for ``PORT``, ``METRICS_HOST`` for ``METRICS_PORT``) is out of reach of the kubelet's probes and of
+  the Service, which come from outside the pod: probing it fails, and a Service port aimed at it is
+  an error. :meth:`Pod.port_forward` reaches any port, as ``kubectl port-forward`` does;
+* secret and ConfigMap volumes are written into a temporary directory from ``secrets`` and
+  ``config_maps`` (name -> key -> bytes or text, honouring ``items``), and env values under a
+  ``mountPath`` point into it;
 * ``overrides`` are added last (the KMS endpoint, credentials: what IRSA gives a real pod), and
   ``replacements`` replace the values of settings a container has (an unreachable identity provider).
 
 :meth:`Pod.probe` runs a container's readiness or liveness probe as the kubelet does (HTTP GET
-without certificate checks, TCP connect, gRPC health check of ``""``); :meth:`Pod.service_port`
-resolves a Service port to the local port its ``targetPort`` landed on.
+without certificate checks, e.g. ``/health`` of the gateway or ``/healthz`` of a metrics port, TCP
+connect, gRPC health check of ``""``; a container without that probe counts as passing while it
+runs); :meth:`Pod.service_port` resolves a Service port to the local port its ``targetPort`` landed on.
 """
 
 from __future__ import annotations
@@ -35,6 +41,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.support.fixtures import free_port, wait_for_port
 
 PROBE_TIMEOUT = 1.0  # the kubelet's default timeoutSeconds
+# The settings that choose the address of a port setting's listener.
+LISTENERS = {"GRPC_HOST": "GRPC_PORT", "GATEWAY_HOST": "PORT", "METRICS_HOST": "METRICS_PORT"}
+LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 
 class Pod:
@@ -47,6 +56,7 @@ class Pod:
         overrides: dict[str, str],
         base_env: dict[str, str],
         replacements: dict[str, str] | None = None,
+        config_maps: dict[str, dict[str, str]] | None = None,
     ) -> None:
         spec = deployment["spec"]["template"]["spec"]
         self.service = service
@@ -58,7 +68,11 @@ class Pod:
                 self.ports[port["containerPort"]] = free_port()
                 assert port["name"] not in self.named, f"port name {port['name']} used twice in the pod"
                 self.named[port["name"]] = port["containerPort"]
-        self._volumes = self._make_volumes(spec.get("volumes", []), workdir, secrets)
+        self.listen_hosts = self._listen_hosts(self.containers.values())
+        sources: dict[str, dict[str, bytes]] = {
+            name: {key: value.encode() for key, value in data.items()} for name, data in (config_maps or {}).items()
+        }
+        self._volumes = self._make_volumes(spec.get("volumes", []), workdir, secrets, sources)
         self._overrides = overrides
         self._replacements = replacements or {}
         self._base_env = base_env
@@ -66,18 +80,48 @@ class Pod:
         self.logs: dict[str, Path] = {name: workdir / f"{name}.log" for name in self.containers}
 
     @staticmethod
-    def _make_volumes(volumes: list[dict[str, Any]], workdir: Path, secrets: dict[str, dict[str, bytes]]) -> dict:
+    def _make_volumes(
+        volumes: list[dict[str, Any]],
+        workdir: Path,
+        secrets: dict[str, dict[str, bytes]],
+        config_maps: dict[str, dict[str, bytes]],
+    ) -> dict[str, Path]:
         made: dict[str, Path] = {}
         for volume in volumes:
             directory = workdir / "volumes" / volume["name"]
             directory.mkdir(parents=True)
             if "secret" in volume:
-                data = secrets[volume["secret"]["secretName"]]
-                items = volume["secret"].get("items") or [{"key": key, "path": key} for key in data]
-                for item in items:
-                    (directory / item["path"]).write_bytes(data[item["key"]])
+                source, data = volume["secret"], secrets[volume["secret"]["secretName"]]
+            elif "configMap" in volume:
+                source = volume["configMap"]
+                assert source["name"] in config_maps, f"no ConfigMap {source['name']} (volume {volume['name']})"
+                data = config_maps[source["name"]]
+            else:
+                source, data = {}, {}
+            items = source.get("items") or [{"key": key, "path": key} for key in data]
+            for item in items:
+                assert item["key"] in data, f"volume {volume['name']}: no key {item['key']!r} in its source"
+                (directory / item["path"]).write_bytes(data[item["key"]])
             made[volume["name"]] = directory
         return made
+
+    def _listen_hosts(self, containers: Any) -> dict[int, str]:
+        """Container port -> the address its listener was rendered to bind (before 0.0.0.0 became
+        127.0.0.1 here)."""
+        hosts: dict[int, str] = {}
+        for container in containers:
+            env = {item["name"]: item["value"] for item in container["env"]}
+            for host_setting, port_setting in LISTENERS.items():
+                port = env.get(port_setting, "")
+                if host_setting in env and port.isdigit() and int(port) in self.ports:
+                    hosts[int(port)] = env[host_setting]
+        return hosts
+
+    def reachable_from_outside(self, port: int | str) -> bool:
+        """Whether a port (number or name) listens beyond loopback: the kubelet's probes and the
+        Service come from outside the pod's network namespace. Ports of no known setting count as open."""
+        number = self.named[port] if isinstance(port, str) else port
+        return self.listen_hosts.get(number, "0.0.0.0") not in LOOPBACK
 
     def env(self, name: str) -> dict[str, str]:
         """The container's environment as its process gets it."""
@@ -124,11 +168,24 @@ class Pod:
 
     def service_port(self, name: str) -> int:
         port = next(p for p in self.service["spec"]["ports"] if p["name"] == name)
-        return self.local_port(port["targetPort"])
+        target = port["targetPort"]
+        assert self.reachable_from_outside(target), f"Service port {name} targets {target}, bound to loopback"
+        return self.local_port(target)
+
+    def port_forward(self, port: int | str) -> int:
+        """The local port ``kubectl port-forward`` to this container port reaches (loopback included)."""
+        return self.local_port(port)
 
     def probe(self, container: str, kind: str) -> bool:
-        """Runs the container's ``readinessProbe`` / ``livenessProbe``: True when it succeeds."""
-        spec = self.containers[container][kind]
+        """Runs the container's ``readinessProbe`` / ``livenessProbe``: True when it succeeds. As the
+        kubelet, a container without that probe passes while its process runs, and a probe of a port
+        bound to loopback fails (the kubelet connects to the pod IP)."""
+        spec = self.containers[container].get(kind)
+        if spec is None:
+            return container in self.processes and self.processes[container].poll() is None
+        probed = next((spec[way]["port"] for way in ("httpGet", "tcpSocket", "grpc") if way in spec), None)
+        if probed is not None and not self.reachable_from_outside(probed):
+            return False
         try:
             if "httpGet" in spec:
                 get = spec["httpGet"]
