@@ -13,17 +13,31 @@ PY_CLIENT_SOURCES := $(shell find $(PY_CLIENT)/temporal_codec_client -name '*.py
 TS_CLIENT := clients/typescript
 TS_STAMP := $(if $(shell command -v npm 2>/dev/null),$(TS_CLIENT)/node_modules/.installed)
 
-.PHONY: install proto run test test-unit lint docs format clean bench bench-instructions bench-workers fuzz soak
+.PHONY: install lock proto run test test-unit lint docs format clean bench bench-instructions bench-workers fuzz soak
 
 install: $(STAMP) proto $(PY_CLIENT_STAMP) $(TS_STAMP)
 
-# Pinned dependencies (requirements.lock), then this package in editable mode.
-$(STAMP): requirements.lock pyproject.toml
+# Hashed locks (requirements/, docs/development.md#dependencies): pip itself, then every package the
+# tests, lint and benchmarks need (dev.lock: complete, every file checked against its hash), then this
+# package in editable mode.
+$(STAMP): requirements/pip.lock requirements/dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --require-hashes -r requirements/pip.lock
+	$(BIN)/pip install --quiet --require-hashes -r requirements/dev.lock
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
+
+# Recompiles requirements/*.lock from requirements/*.in with uv (pinned in dev.lock): run it after
+# changing a .in file or pyproject.toml's dependencies. Pins that still fit stay where they are;
+# LOCK_ARGS=--upgrade moves every pin to the newest release, LOCK_ARGS="--upgrade-package boto3" one.
+# Each lock is constrained by the one it extends, so runtime ⊂ build ⊂ dev at the same versions.
+UV_COMPILE = $(abspath $(BIN))/uv pip compile --quiet --generate-hashes --universal --python-version 3.11 \
+	--custom-compile-command 'make lock' $(LOCK_ARGS)
+lock: $(STAMP)
+	cd requirements && $(UV_COMPILE) pip.in -o pip.lock
+	cd requirements && $(UV_COMPILE) runtime.in -o runtime.lock
+	cd requirements && $(UV_COMPILE) build.in -c runtime.lock -o build.lock
+	cd requirements && $(UV_COMPILE) dev.in -c build.lock -o dev.lock
 
 # Not editable: its build generates its protobuf code. Rebuilt when a proto changes, so that the
 # server's and the client's generated code always describe the same messages (one descriptor pool).

@@ -16,8 +16,11 @@ import pytest
 from codec_grpc.errors import ConfigError
 from codec_grpc.runtime.config import check_exposure, load_config
 from tests.support.paths import ROOT
+from tests.system.test_locks import lock_entries, read_lock
 
 COMPILERS = re.compile(r"\b(gcc|g\+\+|cc|clang|build-essential|make|apt-get|apt|protoc|grpc_tools)\b")
+BASE = re.compile(r"^python:3\.11-slim@sha256:[0-9a-f]{64}$")
+DEV_PACKAGES = {"pytest", "moto", "ruff", "mypy", "hypothesis", "temporalio", "grpcio-tools", "setuptools", "uv"}
 
 
 @dataclass
@@ -72,7 +75,14 @@ def makefile_recipe(target: str) -> list[str]:
 def test_multi_stage_on_slim_python(stages):
     assert len(stages) >= 2
     assert stages[0].name == "build"
-    assert all(stage.base == "python:3.11-slim" for stage in stages)
+    assert all(BASE.match(stage.base) for stage in stages)
+    assert len({stage.base for stage in stages}) == 1
+
+
+def test_base_image_is_pinned_by_digest_through_its_build_argument():
+    """A tag moves under the same name; a digest names one set of bytes (docs/operations.md#the-base-images-digest)."""
+    (default,) = re.findall(r"^ARG PYTHON_IMAGE=(\S+)$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    assert BASE.match(default), default
 
 
 def test_needs_no_image_but_the_base_which_a_build_arg_can_replace():
@@ -80,19 +90,67 @@ def test_needs_no_image_but_the_base_which_a_build_arg_can_replace():
     against a mirror or an internal registry fails on it. The built-in frontend does RUN --mount."""
     text = (ROOT / "Dockerfile").read_text()
     assert not re.search(r"^#\s*syntax\s*=", text, re.MULTILINE | re.IGNORECASE)
-    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim$", text, re.MULTILINE)
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim@sha256:[0-9a-f]{64}$", text, re.MULTILINE)
     assert re.findall(r"^FROM (\S+)", text, re.MULTILINE) == ["${PYTHON_IMAGE}", "${PYTHON_IMAGE}"]
 
 
 def test_build_stage_runs_the_same_install_and_proto_commands_as_make(stages):
     runs = " && ".join(stages[0].args("RUN"))
-    install = next(line for line in makefile_recipe("$(STAMP)") if "-r requirements.lock" in line)
-    assert install.replace("$(BIN)/", ".venv/bin/") in runs
+    stamp = [line.replace("$(BIN)/", ".venv/bin/") for line in makefile_recipe("$(STAMP)")]
+    pip = next(line for line in stamp if "-r requirements/pip.lock" in line)
+    dev = next(line for line in stamp if "-r requirements/dev.lock" in line)
+    # the same commands; the image's build stage takes build.lock, the runtime and the build tools only
+    assert f"{pip} && {dev.replace('dev.lock', 'build.lock')}" in runs
     protos = re.search(r"^PROTOS := \$\(shell (.+)\)$", (ROOT / "Makefile").read_text(), re.M)
     assert protos is not None
     (proto,) = makefile_recipe("proto")
     assert proto.replace("$(BIN)/", ".venv/bin/").replace("$(PROTOS)", f"$({protos.group(1)})") in runs
-    assert "--constraint requirements.lock" in runs and "pip wheel" in runs
+    # the wheels the final stage installs: pip's and the runtime lock's, hash-checked, and the package's
+    locks = "-r requirements/pip.lock -r requirements/runtime.lock"
+    assert f"pip wheel --quiet --require-hashes --wheel-dir /wheels {locks}" in runs
+    assert "pip wheel --quiet --no-deps --no-build-isolation --wheel-dir /wheels ." in runs
+
+
+def pip_installs(command: str) -> list[str]:
+    return [part.strip() for part in command.split("&&") if re.search(r"\bpip (install|wheel)\b", part)]
+
+
+def test_pip_is_pinned_and_every_install_checks_hashes(stages):
+    """Each stage first installs pip from requirements/pip.lock; every install of a package from an
+    index or a wheel directory is hash-checked; only the package's own wheel (built from this tree)
+    goes in without, with --no-deps so that it brings nothing in."""
+    for stage in stages:
+        installs = [install for run in stage.args("RUN") for install in pip_installs(run)]
+        assert installs, stage.name
+        assert re.search(r"pip install .*--require-hashes -r (/?)requirements/pip\.lock$", installs[0]), installs[0]
+        for install in installs:
+            assert "--upgrade" not in install and " -U " not in install, install
+            assert "--require-hashes" in install or "--no-deps" in install, install
+            assert "--require-hashes" in install or not re.search(r"\s-r\s", install), install
+    (pip,) = read_lock("pip").values()
+    assert pip.name == "pip" and pip.version
+
+
+def test_the_image_installs_only_the_runtime_lock(stages):
+    runs = " && ".join(stage_run for stage in stages for stage_run in stage.args("RUN"))
+    assert "dev.lock" not in runs and "dev.lock" not in " ".join(stages[0].args("COPY"))
+    (final,) = stages[-1].args("RUN")
+    locks = re.findall(r"-r /requirements/(\S+)", final)
+    assert locks == ["pip.lock", "runtime.lock"]
+
+
+def test_runtime_lock_holds_no_development_package():
+    assert not DEV_PACKAGES & set(read_lock("runtime")), "tests, lint and build tools belong in dev.lock or build.lock"
+    assert {"grpcio-tools", "setuptools"} <= set(read_lock("build"))
+
+
+@pytest.mark.parametrize("name", ["pip", "runtime", "build", "dev"])
+def test_every_requirement_of_the_locks_carries_sha256_hashes(name):
+    entries = lock_entries(ROOT / "requirements" / f"{name}.lock")
+    assert entries
+    for entry in entries:
+        assert re.search(r"\s--hash=sha256:[0-9a-f]{64}\b", entry), entry
+        assert all(re.match(r"sha256:[0-9a-f]{64}$", digest.split()[0]) for digest in entry.split("--hash=")[1:]), entry
 
 
 def test_final_stage_installs_wheels_only_and_has_no_compilers(stages):
@@ -100,6 +158,7 @@ def test_final_stage_installs_wheels_only_and_has_no_compilers(stages):
     runs = final.args("RUN")
     assert len(runs) == 1
     assert "--no-index" in runs[0] and "from=build" in runs[0] and "/wheels" in runs[0]
+    assert all("--no-index" in install for install in pip_installs(runs[0]))
     for kw, arg in final.instructions:
         if kw in ("RUN", "COPY", "ADD"):
             assert not COMPILERS.search(arg), f"{kw} {arg}"
