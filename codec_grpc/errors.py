@@ -17,6 +17,8 @@ of the package: every layer may use it.
     ├── AccessDeniedError            the caller may not do this         PERMISSION_DENIED
     ├── IdentityProviderError        its keys (JWKS) cannot be fetched  UNAVAILABLE
     ├── KeyProviderError             KMS refused or failed              (by subclass)
+    │   ├── KeyNotAllowedError       a master key not on the allowlist  PERMISSION_DENIED
+    │   ├── KmsBudgetError           too many uncached keys in a call   RESOURCE_EXHAUSTED
     │   ├── KmsUnavailableError      unreachable, timed out, throttled  UNAVAILABLE
     │   ├── KmsAccessDeniedError     IAM / key policy refused           PERMISSION_DENIED
     │   ├── KmsKeyStateError         key disabled, pending deletion     FAILED_PRECONDITION
@@ -117,6 +119,14 @@ class IdentityProviderError(CodecError):
 
 class KeyProviderError(CodecError):
     """The key provider (KMS) refused or failed. Messages name only the key id."""
+
+
+class KeyNotAllowedError(KeyProviderError):
+    """A payload names a master key this server does not decrypt with: refused before any KMS call."""
+
+
+class KmsBudgetError(KeyProviderError):
+    """A request needs more data keys unwrapped through KMS than one request may (MAX_KMS_DECRYPTS_PER_REQUEST)."""
 
 
 class KmsUnavailableError(KeyProviderError):

@@ -22,7 +22,7 @@ import logging
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -32,8 +32,8 @@ from codec_grpc.access import AccessPolicy, Caller
 from codec_grpc.core import protowire
 from codec_grpc.core.codec import EnvelopeCodec
 from codec_grpc.core.envelope import DataKey
-from codec_grpc.core.namespaces import resolve_namespace
-from codec_grpc.keys import CachedKeys, KeyManager, KeyStats, WouldBlock
+from codec_grpc.core.namespaces import NamespaceScope, resolve_namespace
+from codec_grpc.keys import CachedKeys, KeyManager, KeyStats, RequestKeys, UnwrapBudget, WouldBlock
 from codec_grpc.kms import KmsCallStats
 from codec_grpc.v1 import codec_pb2
 
@@ -51,6 +51,8 @@ _STATUS_BY_ERROR: Sequence[tuple[type[errors.CodecError], grpc.StatusCode]] = (
     (errors.UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
     (errors.AccessDeniedError, grpc.StatusCode.PERMISSION_DENIED),
     (errors.IdentityProviderError, grpc.StatusCode.UNAVAILABLE),
+    (errors.KeyNotAllowedError, grpc.StatusCode.PERMISSION_DENIED),
+    (errors.KmsBudgetError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.KmsUnavailableError, grpc.StatusCode.UNAVAILABLE),
     (errors.KmsAccessDeniedError, grpc.StatusCode.PERMISSION_DENIED),
     (errors.KmsKeyStateError, grpc.StatusCode.FAILED_PRECONDITION),
@@ -71,6 +73,8 @@ def status_for(error: errors.CodecError) -> grpc.StatusCode:
 class ServiceLimits:
     default_namespace: str = "default"
     max_payloads: int = 10_000
+    max_kms_decrypts: int = 32  # data keys one request may have unwrapped through KMS
+    namespaces: NamespaceScope = field(default_factory=NamespaceScope)
 
 
 class Batch:
@@ -119,13 +123,19 @@ class CodecService:
                 raise errors.RequestError(f"malformed request: {exc}") from None
             self._check_count(len(payloads))
             resolved = resolve_namespace(namespace, header_namespace, default=self._limits.default_namespace)
+            self._limits.namespaces.check(resolved)
             self._access.check(caller, method.lower(), resolved)
             return Batch(method, request, payloads, resolved)
 
     def run(self, batch: Batch) -> bytes:
-        """The serialized response to a prepared batch, calling KMS when a key is not cached."""
+        """The serialized response to a prepared batch, calling KMS when a key is not cached (for at
+        most ``max_kms_decrypts`` data keys)."""
+        keys = RequestKeys(self._keys, UnwrapBudget(self._limits.max_kms_decrypts))
+        codec = EnvelopeCodec(
+            keys, bind_namespace=self._codec.bind_namespace, accept_unbound=self._codec.accept_unbound
+        )
         with _refusals():
-            return self._run(batch, self._codec)
+            return self._run(batch, codec)
 
     def run_cached(self, batch: Batch) -> bytes | None:
         """Like :meth:`run` with cached keys only: None, having reserved and counted nothing, when a
@@ -151,6 +161,7 @@ class CodecService:
             except DecodeError:
                 raise errors.RequestError("malformed request: not a serialized StatsRequest") from None
             namespace = resolve_namespace(requested, header_namespace, default=self._limits.default_namespace)
+            self._limits.namespaces.check(namespace)
             self._access.check(caller, "stats", namespace)
             slot = (self._keys.policy.alias_for(namespace), namespace if self._codec.bind_namespace else None)
             answer = stats_response(namespace, self._keys.stats(), self._kms_stats(), slot)
@@ -230,6 +241,7 @@ def stats_response(
         kms_decrypt_calls=kms.count("Decrypt"),
         kms_errors=kms.errors,
         kms_decrypt_short_circuited=kms.short_circuited,
+        kms_calls_limited=kms.limited,
         current_cache_hits=keys.current_hits,
         current_cache_misses=keys.current_misses,
         decrypted_cache_hits=keys.decrypted_hits,

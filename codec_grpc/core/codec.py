@@ -26,6 +26,7 @@ from google.protobuf.message import DecodeError
 from codec_grpc import errors
 from codec_grpc.core import envelope
 from codec_grpc.core.envelope import DataKey, NonceSource
+from codec_grpc.keys.allowlist import KEY_ARN
 from codec_grpc.v1.codec_pb2 import Payload
 
 
@@ -198,6 +199,9 @@ def _envelope_fields(index: int, metadata: Mapping[str, bytes]) -> tuple[str, by
             index, f"unsupported {envelope.ALGORITHM_KEY} ({shown}); this codec supports AES-256-GCM"
         )
     key_id = _text(index, get(envelope.KEY_ID_KEY), envelope.KEY_ID_KEY)
+    if not KEY_ARN.fullmatch(key_id):
+        # Checked before anything is looked up or echoed: what is shown is short and escaped.
+        raise errors.PayloadError(index, f"metadata {envelope.KEY_ID_KEY!r} is not a KMS key ARN: {key_id[:80]!r}")
     encrypted_key = get(envelope.DATA_KEY_KEY)
     if not encrypted_key:
         raise errors.PayloadError(index, f"metadata {envelope.DATA_KEY_KEY!r} is missing")

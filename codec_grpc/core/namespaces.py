@@ -8,6 +8,7 @@ default) and on the error wording.
 from __future__ import annotations
 
 import re
+from fnmatch import fnmatchcase
 
 from codec_grpc import errors
 
@@ -21,7 +22,8 @@ def parse_namespace(text: str) -> str:
     """A namespace name as written (surrounding blanks removed); ValueError when it is not one."""
     value = text.strip()
     if not _NAMESPACE_RE.match(value):
-        raise ValueError(f"must be a Temporal namespace name (letters, digits, '.', '_', '-'), got {text!r}")
+        shown = repr(text[:100]) + ("…" if len(text) > 100 else "")  # escaped and short: it is echoed
+        raise ValueError(f"must be a Temporal namespace name (letters, digits, '.', '_', '-'), got {shown}")
     return value
 
 
@@ -38,3 +40,25 @@ def resolve_namespace(*named: str, default: str) -> str:
         return parse_namespace(chosen)
     except ValueError as exc:
         raise errors.RequestError(f"invalid namespace: {exc}") from None
+
+
+class NamespaceScope:
+    """The namespaces this server serves: the configured ones (the default, those with their own master
+    key) and those matching ALLOWED_NAMESPACES (``*`` patterns; ``*`` alone: any). Every served
+    namespace may cost a data key (a KMS call, a current-key slot): a multi-tenant server lists its
+    tenants here, so that made-up namespaces are refused before they cost anything."""
+
+    def __init__(self, patterns: tuple[str, ...] = ("*",), configured: tuple[str, ...] = ()) -> None:
+        self.patterns = patterns
+        self.configured = frozenset(configured) | {p for p in patterns if "*" not in p}
+        self._any = "*" in patterns
+        self._wild = tuple(p for p in patterns if "*" in p)
+
+    def serves(self, namespace: str) -> bool:
+        return self._any or namespace in self.configured or any(fnmatchcase(namespace, p) for p in self._wild)
+
+    def check(self, namespace: str) -> None:
+        if not self.serves(namespace):
+            raise errors.AccessDeniedError(
+                f"namespace {namespace!r} is not served by this codec server (ALLOWED_NAMESPACES)"
+            )

@@ -9,6 +9,7 @@ gRPC call (:class:`~codec_grpc.gateway.upstreams.GrpcUpstream`) or from
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 
 import grpc
@@ -42,10 +43,19 @@ _HIDDEN: Mapping[grpc.StatusCode, tuple[int, str]] = {
 FAILED = (502, "the codec service failed; its log has the details")
 
 
+# Our service says when to come back as "retry in 3s": the answer carries it as Retry-After too.
+_RETRY_IN = re.compile(r"retry in (\d{1,5})s")
+_PER_REQUEST_BUDGET = "(MAX_KMS_DECRYPTS_PER_REQUEST)"
+
+
 def http_error_for_status(code: grpc.StatusCode, details: str) -> HttpError:
     """The HTTP answer for a failed call's status code and message."""
-    if code == grpc.StatusCode.UNAVAILABLE and "retry later" in details:
-        return HttpError(503, details)  # KMS unavailable, as worded by our service
+    retry = _RETRY_IN.search(details)
+    headers = {"Retry-After": retry.group(1)} if retry else {}
+    if code == grpc.StatusCode.UNAVAILABLE and ("retry later" in details or retry):
+        return HttpError(503, details, headers)  # KMS unavailable or our KMS budget spent, as worded by our service
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and _PER_REQUEST_BUDGET in details:
+        return HttpError(429, details, headers)  # too many uncached data keys: a retry gets further
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details:
         # gRPC's own size check, before our service sees the request.
         return HttpError(413, f"the batch is larger than the codec service accepts (GRPC_MAX_MESSAGE_BYTES): {details}")

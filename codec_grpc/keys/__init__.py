@@ -5,22 +5,35 @@
   never waits for KMS;
 * :mod:`~codec_grpc.keys.caches`: the current-key and decrypted-key caches, with
   validated limits;
+* :mod:`~codec_grpc.keys.allowlist`: which master keys may decrypt (before any KMS call);
 * :mod:`~codec_grpc.keys.singleflight`: concurrent misses share one provider call;
 * :mod:`~codec_grpc.keys.provider`: the :class:`KeyProvider` interface that the
   KMS layer below implements (structurally: it does not import this package).
 """
 
+from codec_grpc.keys.allowlist import KeyAllowlist
 from codec_grpc.keys.caches import CurrentKeyInfo
-from codec_grpc.keys.manager import CachedKeys, KeyManager, KeyPolicy, KeyStats, WouldBlock
+from codec_grpc.keys.manager import (
+    CachedKeys,
+    KeyManager,
+    KeyPolicy,
+    KeyStats,
+    RequestKeys,
+    UnwrapBudget,
+    WouldBlock,
+)
 from codec_grpc.keys.provider import KeyProvider, WrappedKey
 
 __all__ = [
     "CachedKeys",
     "CurrentKeyInfo",
+    "KeyAllowlist",
     "KeyManager",
     "KeyPolicy",
     "KeyProvider",
     "KeyStats",
+    "RequestKeys",
+    "UnwrapBudget",
     "WouldBlock",
     "WrappedKey",
 ]

@@ -40,6 +40,7 @@ class ManagedKey(Protocol):
 
 
 K = TypeVar("K", bound=ManagedKey)
+V = TypeVar("V")  # what a DecryptedKeyCache holds: data keys, or remembered refusals
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,10 @@ class CurrentKeyCache(Generic[K]):
         clock: Clock,
         grace: float = 0.0,
         refresh_lead: float | None = None,
+        max_slots: int = 1000,
     ) -> None:
+        if max_slots < 1:
+            raise ValueError(f"max_slots must be at least 1, got {max_slots}")
         if not max_age > 0:
             raise ValueError(f"max_age must be greater than 0, got {max_age}")
         if not 1 <= max_encryptions <= MAX_ENCRYPTIONS_LIMIT:
@@ -133,7 +137,10 @@ class CurrentKeyCache(Generic[K]):
         self._refresh_at = max_encryptions / 2  # encryptions after which the next key is fetched
         self._clock = clock
         self._lock = threading.Lock()
-        self._slots: dict[Slot, _Current[K]] = {}
+        # In order of use, least recent first: past max_slots the least recently used slot goes.
+        self._slots: OrderedDict[Slot, _Current[K]] = OrderedDict()
+        self.max_slots = max_slots
+        self.evictions = 0
         self.hits = 0
         self.misses = 0
 
@@ -150,6 +157,7 @@ class CurrentKeyCache(Generic[K]):
             if entry is not None and now < entry.quiet_until and entry.encryptions + count < self._refresh_at:
                 entry.encryptions += count  # the common case, decided without the rules below
                 self.hits += 1
+                self._slots.move_to_end(slot)
                 return entry.quiet
             if entry is None:
                 self.misses += count_miss
@@ -163,6 +171,7 @@ class CurrentKeyCache(Generic[K]):
                 return Reservation(None, entry.generation)
             entry.encryptions += count
             self.hits += 1
+            self._slots.move_to_end(slot)
             age = now - entry.created
             due = age >= self.max_age - self.refresh_lead or entry.encryptions >= self._refresh_at
             return Reservation(
@@ -185,6 +194,11 @@ class CurrentKeyCache(Generic[K]):
             previous = self._slots.get(slot)
             generation = 1 if previous is None else previous.generation + 1
             self._slots[slot] = _Current(key, now, generation, self.max_age - self.refresh_lead)
+            self._slots.move_to_end(slot)
+            while len(self._slots) > self.max_slots:
+                # Its namespace's next Encode generates a new key: bounded memory, Stats and metrics.
+                self._slots.popitem(last=False)
+                self.evictions += 1
 
     def offer_next(self, slot: Slot, key: K) -> bool:
         """Keep ``key`` as the slot's next key; False when the slot needs none (any more)."""
@@ -246,7 +260,7 @@ class CurrentKeyCache(Generic[K]):
         )
 
 
-class DecryptedKeyCache(Generic[K]):
+class DecryptedKeyCache(Generic[V]):
     """Unwrapped data keys by their encrypted form: TTL from insertion, LRU capacity."""
 
     def __init__(self, *, ttl: float, capacity: int, clock: Clock) -> None:
@@ -258,12 +272,12 @@ class DecryptedKeyCache(Generic[K]):
         self.capacity = capacity
         self._clock = clock
         self._lock = threading.Lock()
-        self._entries: OrderedDict[Hashable, tuple[K, float]] = OrderedDict()
+        self._entries: OrderedDict[Hashable, tuple[V, float]] = OrderedDict()
         self.hits = 0
         self.misses = 0
         self.evictions = 0
 
-    def get(self, cache_key: Hashable) -> K | None:
+    def get(self, cache_key: Hashable) -> V | None:
         now = self._clock()
         with self._lock:
             key = self._hit(cache_key, now)
@@ -280,7 +294,7 @@ class DecryptedKeyCache(Generic[K]):
         with self._lock:
             self._hit(cache_key, now)
 
-    def _hit(self, cache_key: Hashable, now: float) -> K | None:
+    def _hit(self, cache_key: Hashable, now: float) -> V | None:
         """The unexpired key, counted as a hit and marked recently used; None otherwise (lock held)."""
         found = self._entries.get(cache_key)
         if found is None or found[1] <= now:
@@ -289,14 +303,14 @@ class DecryptedKeyCache(Generic[K]):
         self.hits += 1
         return found[0]
 
-    def peek(self, cache_key: Hashable) -> K | None:
+    def peek(self, cache_key: Hashable) -> V | None:
         """Like :meth:`get` without touching counters or recency."""
         now = self._clock()
         with self._lock:
             found = self._entries.get(cache_key)
             return found[0] if found is not None and found[1] > now else None
 
-    def put(self, cache_key: Hashable, key: K) -> None:
+    def put(self, cache_key: Hashable, key: V) -> None:
         expires = self._clock() + self.ttl
         with self._lock:
             self._entries[cache_key] = (key, expires)

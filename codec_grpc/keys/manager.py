@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Generic
 
 from codec_grpc import errors
+from codec_grpc.keys.allowlist import KeyAllowlist
 from codec_grpc.keys.caches import Clock, CurrentKeyCache, CurrentKeyInfo, DecryptedKeyCache, K, Slot
 from codec_grpc.keys.provider import KeyProvider
 from codec_grpc.keys.singleflight import SingleFlight
@@ -40,9 +41,38 @@ class KeyPolicy:
     outage_grace: float = 3600.0
     refresh_backoff: float = 1.0
     refresh_backoff_max: float = 60.0
+    decrypt_key_patterns: tuple[str, ...] = ()  # DECRYPT_KEY_ARNS: keys that may decrypt beside the configured ones
+    refusal_ttl: float = 60.0  # seconds a data key KMS refused to unwrap is refused again without asking
+    refusal_capacity: int = 10_000
+    max_slots: int = 1000  # current keys held (one per master key and namespace), least recently used go
+    resolve_interval: float = 30.0  # fewest seconds between retries of a master key DescribeKey failed for
 
     def alias_for(self, namespace: str) -> str:
         return self.namespace_aliases.get(namespace, self.default_alias)
+
+    @property
+    def master_keys(self) -> tuple[str, ...]:
+        """Every configured master key (alias, key id or ARN), each once."""
+        return tuple(dict.fromkeys((self.default_alias, *self.namespace_aliases.values())))
+
+
+class UnwrapBudget:
+    """How many data keys one request may still have unwrapped through KMS (MAX_KMS_DECRYPTS_PER_REQUEST)."""
+
+    __slots__ = ("left", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.left = limit
+
+    def spend(self) -> None:
+        if self.left <= 0:
+            raise errors.KmsBudgetError(
+                f"this request needs more than {self.limit} data keys that are not cached "
+                f"(MAX_KMS_DECRYPTS_PER_REQUEST); those unwrapped so far stay cached: retry in 1s, "
+                "or send fewer payloads per request"
+            )
+        self.left -= 1
 
 
 @dataclass(frozen=True)
@@ -87,6 +117,14 @@ class KeyManager(Generic[K]):
             max_encryptions=policy.max_encryptions,
             grace=policy.outage_grace,
             clock=clock,
+            max_slots=policy.max_slots,
+        )
+        self._clock = clock
+        self.allowlist = KeyAllowlist(policy.decrypt_key_patterns)
+        self._unresolved: dict[str, float] = dict.fromkeys(policy.master_keys, float("-inf"))  # -> last try
+        # Data keys KMS refused to unwrap, by (key ARN, encrypted key, binding): the error, for a while.
+        self._refused: DecryptedKeyCache[_Refusal] = DecryptedKeyCache(
+            ttl=policy.refusal_ttl, capacity=policy.refusal_capacity, clock=clock
         )
         self._spawn = spawn or _daemon_thread
         self._sleep = sleep
@@ -127,13 +165,41 @@ class KeyManager(Generic[K]):
                 self._failed(slot, exc)  # degraded in Stats too: KMS refuses, and no grace applies
                 raise
 
-    def decryption_key(self, key_arn: str, encrypted_key: bytes, binding: str | None) -> K:
-        """The data key ``encrypted_key`` wraps, unwrapped through KMS at most once while cached."""
+    def decryption_key(
+        self, key_arn: str, encrypted_key: bytes, binding: str | None, budget: UnwrapBudget | None = None
+    ) -> K:
+        """The data key ``encrypted_key`` wraps, unwrapped through KMS at most once while cached.
+
+        Before any KMS call: ``key_arn`` must be allowed (:mod:`~codec_grpc.keys.allowlist`), a data
+        key KMS found invalid lately is refused again, and the request's ``budget`` must have room.
+        """
         cache_key = (key_arn, encrypted_key, binding)
         key = self._decrypted.get(cache_key)
         if key is not None:
             return key
+        if not self.allowlist.allows(key_arn) and not self._resolves_to(key_arn):
+            raise self.allowlist.refusal(key_arn)
+        refused = self._refused.peek(cache_key)
+        if refused is not None:
+            raise refused.error()
+        if budget is not None:
+            budget.spend()
         return self._unwrapping.do(cache_key, lambda: self._unwrap(key_arn, encrypted_key, binding))
+
+    def resolve_master_keys(self) -> dict[str, str]:
+        """Resolve the configured master keys to their ARNs now (DescribeKey), for the allowlist.
+
+        Returns the failures by master key; those are retried, at most once per ``resolve_interval``,
+        when a payload names a key not (yet) allowed, and again whenever a data key is generated.
+        """
+        failures: dict[str, str] = {}
+        for alias in list(self._unresolved):
+            try:
+                self._resolve(alias)
+            except errors.KeyProviderError as exc:
+                failures[alias] = str(exc)
+                log.warning("master key %s not resolved: %s; payloads under it are refused until it is", alias, exc)
+        return failures
 
     def cached_encryption_key(self, namespace: str, binding: str | None, count: int) -> K | None:
         """Like :meth:`encryption_key` without ever calling KMS or waiting for a call: the current key,
@@ -240,9 +306,31 @@ class KeyManager(Generic[K]):
             if self._current.offer_next(slot, key):
                 log.info("next data key ready under %s for %s", key.key_id, _slot_name(slot))
 
+    def _resolve(self, alias: str) -> None:
+        with self._lock:
+            self._unresolved[alias] = self._clock()
+        arn = self._provider.key_arn(alias)
+        self.allowlist.allow(arn)
+        with self._lock:
+            self._unresolved.pop(alias, None)
+        log.info("master key %s is %s", alias, arn, extra={"event": "master_key_resolved", "key_arn": arn})
+
+    def _resolves_to(self, key_arn: str) -> bool:
+        """Retry the master keys not resolved yet (KMS was down at start?), then ask the allowlist again."""
+        now = self._clock()
+        with self._lock:
+            due = [alias for alias, tried in self._unresolved.items() if now - tried >= self.policy.resolve_interval]
+        for alias in due:
+            try:
+                self._resolve(alias)
+            except errors.KeyProviderError as exc:
+                log.warning("master key %s still not resolved: %s", alias, exc)
+        return bool(due) and self.allowlist.allows(key_arn)
+
     def _generate(self, slot: Slot) -> K:
         alias, binding = slot
         generated = self._provider.generate_data_key(alias, binding)
+        self.allowlist.allow(generated.key_arn)  # the alias's key now: an alias moved is picked up here
         key = self._make_key(generated.plaintext, generated.key_arn, generated.encrypted_key, binding)
         self._decrypted.put((key.key_id, key.encrypted_key, binding), key)
         return key
@@ -269,10 +357,28 @@ class KeyManager(Generic[K]):
         key = self._decrypted.peek(cache_key)
         if key is not None:
             return key  # filled by a call that finished while this one was queued
-        plaintext = self._provider.decrypt_data_key(encrypted_key, key_arn, binding)
+        try:
+            plaintext = self._provider.decrypt_data_key(encrypted_key, key_arn, binding)
+        except errors.KmsInvalidCiphertextError as exc:
+            # The data key's fault (altered, another key's, another namespace's): the same answer for a
+            # while. Not an outage nor IAM or a disabled key, which an operator fixes and which must
+            # then work at once.
+            self._refused.put(cache_key, _Refusal(type(exc), str(exc)))
+            raise
         key = self._make_key(plaintext, key_arn, encrypted_key, binding)
         self._decrypted.put(cache_key, key)
         return key
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    """A KMS refusal to unwrap a data key, remembered (as :class:`DecryptedKeyCache` entries are)."""
+
+    kind: type[errors.KeyProviderError]
+    message: str
+
+    def error(self) -> errors.KeyProviderError:
+        return self.kind(f"{self.message} (remembered: not asked again for a while)")
 
 
 def _daemon_thread(target: Callable[[], None]) -> None:
@@ -344,3 +450,18 @@ class CachedKeys(Generic[K]):
     def forget(self) -> None:
         """The call is to be redone: what it found must not count."""
         self._found.clear()
+
+
+class RequestKeys(Generic[K]):
+    """The key source of one request: the manager's keys, with at most ``budget`` data keys unwrapped
+    through KMS (cached keys cost nothing)."""
+
+    def __init__(self, keys: KeyManager[K], budget: UnwrapBudget) -> None:
+        self._keys = keys
+        self._budget = budget
+
+    def encryption_key(self, namespace: str, binding: str | None, count: int) -> K:
+        return self._keys.encryption_key(namespace, binding, count)
+
+    def decryption_key(self, key_arn: str, encrypted_key: bytes, binding: str | None) -> K:
+        return self._keys.decryption_key(key_arn, encrypted_key, binding, self._budget)

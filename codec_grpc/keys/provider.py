@@ -32,3 +32,7 @@ class KeyProvider(Protocol):
     def decrypt_data_key(self, encrypted_key: bytes, key_arn: str, namespace: str | None) -> bytes:
         """The plaintext of a data key that master key ``key_arn`` wrapped for ``namespace``."""
         ...
+
+    def key_arn(self, key_id: str) -> str:
+        """The ARN of the master key that ``key_id`` (alias, key id or ARN) names now."""
+        ...

@@ -7,6 +7,6 @@
 * :mod:`~codec_grpc.kms.devkms`: the embedded development KMS (moto) of ``make run``.
 """
 
-from codec_grpc.kms.provider import GeneratedKey, KmsCallStats, KmsKeyProvider, encryption_context
+from codec_grpc.kms.provider import GeneratedKey, KmsCallStats, KmsKeyProvider, KmsLimits, encryption_context
 
-__all__ = ["GeneratedKey", "KmsCallStats", "KmsKeyProvider", "encryption_context"]
+__all__ = ["GeneratedKey", "KmsCallStats", "KmsKeyProvider", "KmsLimits", "encryption_context"]

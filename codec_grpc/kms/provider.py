@@ -8,15 +8,24 @@ messages name only the key id. KMS answers are checked before use.
 Fail fast: a Decrypt against an unreachable KMS costs up to KMS_MAX_ATTEMPTS ×
 (KMS_CONNECT_TIMEOUT or KMS_READ_TIMEOUT), 15 s with the defaults when KMS hangs:
 too long for a person waiting in the Temporal UI, and every such call holds a
-server thread. So once a call found KMS unavailable, Decrypt calls fail at once,
-without a request, for ``fail_fast`` seconds; the first one after that tries KMS
-again, and any successful call ends the pause early (the background data-key
-renewal keeps probing). GenerateDataKey is never short-circuited: the outage grace
-and the renewal's own backoff govern it.
+server thread. So once a call with a master key found KMS unavailable (unreachable,
+timing out, throttling, 5xx: never a refusal of the key or the data key), Decrypt
+calls with that master key fail at once, without a request, for ``fail_fast``
+seconds; the first one after that tries KMS again, and any successful call with the
+key ends the pause early (the background data-key renewal keeps probing). The pause
+is per master key, so a failure provoked with one key does not stop the others.
+GenerateDataKey is never short-circuited: the outage grace and the renewal's own
+backoff govern it.
+
+Spend is bounded: at most ``max_concurrent`` KMS calls at once (a call waits up to
+``queue_timeout`` for its turn), and Decrypt calls at most ``decrypt_rate`` per second
+with bursts of ``decrypt_burst`` (a token bucket). A call over either limit is refused
+without a request, as :class:`~codec_grpc.errors.KmsUnavailableError` saying when to retry.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import Counter, defaultdict
@@ -94,12 +103,48 @@ class GeneratedKey:
 
 
 @dataclass(frozen=True)
+class KmsLimits:
+    """What KMS spend one process may cause: 0 turns a limit off."""
+
+    decrypt_rate: float = 0.0  # Decrypt calls per second, sustained
+    decrypt_burst: int = 0  # Decrypt calls at once after a quiet spell (default: one second's rate)
+    max_concurrent: int = 0  # KMS calls in flight at once
+    queue_timeout: float = 1.0  # seconds a call waits for its turn before it is refused
+
+
+class TokenBucket:
+    """``rate`` tokens per second, at most ``burst`` saved up. Thread-safe."""
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float]) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError(f"rate must be > 0 and burst >= 1, got {rate} and {burst}")
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._tokens = float(burst)
+        self._at = clock()
+        self._lock = threading.Lock()
+
+    def take(self) -> float:
+        """Take a token: 0.0 when there was one, else the seconds until there will be."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+            self._at = now
+            if self._tokens >= 1:
+                self._tokens -= 1
+                return 0.0
+            return (1 - self._tokens) / self.rate
+
+
+@dataclass(frozen=True)
 class KmsCallStats:
     """Counts of KMS calls by operation and outcome, and their total duration."""
 
     calls: Mapping[tuple[str, str], int]
     seconds: Mapping[str, float]
     short_circuited: int = 0  # Decrypt calls refused without a request (fail fast)
+    limited: int = 0  # calls refused without a request by the rate or concurrency limit
 
     def count(self, operation: str, outcome: str | None = None) -> int:
         return sum(n for (op, out), n in self.calls.items() if op == operation and outcome in (None, out))
@@ -122,17 +167,29 @@ class KmsKeyProvider:
         fail_fast: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         short_circuit_observer: ShortCircuitObserver | None = None,
+        *,
+        limits: KmsLimits | None = None,
+        limited_observer: ShortCircuitObserver | None = None,
     ) -> None:
         if fail_fast < 0:
             raise ValueError(f"fail_fast must be 0 or more, got {fail_fast}")
+        limits = limits or KmsLimits()
         self._client = client
         self._observer = observer
         self._short_circuit_observer = short_circuit_observer
+        self._limited_observer = limited_observer
         self._fail_fast = fail_fast
         self._clock = clock
-        self._unavailable_until = 0.0
-        self._last_unavailable = ""
+        # Per master key: when its fail-fast pause ends, and why it began. Keys reach here only once
+        # allowed (configured, or DECRYPT_KEY_ARNS), so these stay as small as the configuration.
+        self._unavailable_until: dict[str, float] = {}
+        self._last_unavailable: dict[str, str] = {}
         self._short_circuited = 0
+        self._limited = 0
+        self._limits = limits
+        burst = limits.decrypt_burst or max(1, round(limits.decrypt_rate))
+        self._decrypts = TokenBucket(limits.decrypt_rate, burst, clock) if limits.decrypt_rate > 0 else None
+        self._slots = threading.BoundedSemaphore(limits.max_concurrent) if limits.max_concurrent > 0 else None
         self._lock = threading.Lock()
         self._calls: Counter[tuple[str, str]] = Counter()
         self._seconds: dict[str, float] = defaultdict(float)
@@ -169,57 +226,118 @@ class KmsKeyProvider:
             raise errors.KmsResponseError(f"KMS Decrypt under {key_arn} returned a key of the wrong length")
         return plaintext
 
+    def key_arn(self, key_id: str) -> str:
+        """The ARN of the master key ``key_id`` (an alias, key id or ARN) names now (DescribeKey)."""
+        answer = self._call("DescribeKey", key_id, KeyId=key_id)
+        arn = answer.get("KeyMetadata", {}).get("Arn")
+        if not isinstance(arn, str) or not arn:
+            raise errors.KmsResponseError(f"KMS DescribeKey for {key_id} returned no ARN")
+        return arn
+
     def stats(self) -> KmsCallStats:
         with self._lock:
             return KmsCallStats(
-                calls=dict(self._calls), seconds=dict(self._seconds), short_circuited=self._short_circuited
+                calls=dict(self._calls),
+                seconds=dict(self._seconds),
+                short_circuited=self._short_circuited,
+                limited=self._limited,
             )
 
     def _short_circuit(self, operation: str, key_id: str) -> None:
-        """Refuse a Decrypt at once while KMS was found unavailable less than ``fail_fast`` seconds ago."""
+        """Refuse a Decrypt at once while KMS was found unavailable for its master key less than
+        ``fail_fast`` seconds ago."""
         if operation != "Decrypt":
             return
         with self._lock:
-            left = self._unavailable_until - self._clock()
+            left = self._unavailable_until.get(key_id, 0.0) - self._clock()
             if left <= 0:
                 return
             self._short_circuited += 1
-            last = self._last_unavailable
+            last = self._last_unavailable.get(key_id, "")
         if self._short_circuit_observer is not None:
             self._short_circuit_observer(operation)
         raise errors.KmsUnavailableError(
-            f"KMS {operation} with key {key_id}: not tried, KMS was unavailable moments ago ({last}); "
-            f"the next attempt is in {left:.1f}s at most (KMS_FAIL_FAST_SECONDS); retry later"
+            f"KMS {operation} with key {key_id}: not tried, KMS was unavailable for this key moments ago "
+            f"({last}); the next attempt is in {left:.1f}s at most (KMS_FAIL_FAST_SECONDS); "
+            f"retry in {math.ceil(left)}s"
         )
 
-    def _record(self, operation: str, outcome: str, error: errors.KeyProviderError | None, seconds: float) -> None:
+    def _take_token(self, operation: str, key_id: str) -> None:
+        if operation != "Decrypt" or self._decrypts is None:
+            return
+        wait = self._decrypts.take()
+        if wait > 0:
+            self._refuse_limited(
+                operation,
+                f"KMS {operation} with key {key_id}: not sent, this server's Decrypt budget is spent "
+                f"(KMS_DECRYPT_RATE={self._decrypts.rate:g}/s, KMS_DECRYPT_BURST={self._decrypts.burst}); "
+                f"retry in {math.ceil(wait)}s",
+            )
+
+    def _refuse_limited(self, operation: str, message: str) -> None:
+        with self._lock:
+            self._limited += 1
+        if self._limited_observer is not None:
+            self._limited_observer(operation)
+        raise errors.KmsUnavailableError(message)
+
+    def _record(  # noqa: PLR0917 - one call site
+        self,
+        operation: str,
+        key_id: str,
+        outcome: str,
+        error: errors.KeyProviderError | None,
+        seconds: float,
+        answered: str | None = None,
+    ) -> None:
         with self._lock:
             self._calls[(operation, outcome)] += 1
             self._seconds[operation] += seconds
             if isinstance(error, errors.KmsUnavailableError):
-                self._unavailable_until = self._clock() + self._fail_fast
-                self._last_unavailable = str(error).rpartition(": ")[2].removesuffix("; retry later")
+                self._unavailable_until[key_id] = self._clock() + self._fail_fast
+                self._last_unavailable[key_id] = str(error).rpartition(": ")[2].removesuffix("; retry later")
             elif outcome == "success":
-                self._unavailable_until = 0.0
+                self._unavailable_until.pop(key_id, None)
+                if answered is not None:  # an alias's success speaks for the key it names too
+                    self._unavailable_until.pop(answered, None)
         if self._observer is not None:
             self._observer(operation, outcome, seconds)
 
     def _call(self, operation: str, key_id: str, **params: Any) -> dict[str, Any]:
         self._short_circuit(operation, key_id)
-        method = getattr(self._client, "generate_data_key" if operation == "GenerateDataKey" else "decrypt")
+        self._take_token(operation, key_id)
+        if self._slots is not None and not self._slots.acquire(timeout=self._limits.queue_timeout):
+            self._refuse_limited(
+                operation,
+                f"KMS {operation} with key {key_id}: not sent, {self._limits.max_concurrent} KMS calls are "
+                f"in flight already (KMS_MAX_CONCURRENT_CALLS); retry in 1s",
+            )
+        try:
+            return self._send(operation, key_id, params)
+        finally:
+            if self._slots is not None:
+                self._slots.release()
+
+    def _send(self, operation: str, key_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        method = getattr(self._client, _METHODS[operation])
         started = time.monotonic()
         outcome = "error"
         translated: errors.KeyProviderError | None = None
+        answered = None
         try:
             result: dict[str, Any] = method(**params)
             outcome = "success"
+            answered = result.get("KeyId") if isinstance(result.get("KeyId"), str) else None
             return result
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             translated = _translate(exc, operation, key_id)
             outcome = _outcome(translated)
             raise translated from exc
         finally:
-            self._record(operation, outcome, translated, time.monotonic() - started)
+            self._record(operation, key_id, outcome, translated, time.monotonic() - started, answered)
+
+
+_METHODS = {"GenerateDataKey": "generate_data_key", "Decrypt": "decrypt", "DescribeKey": "describe_key"}
 
 
 def _translate(  # noqa: PLR0911 - one return per kind of KMS failure

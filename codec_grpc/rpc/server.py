@@ -1,4 +1,10 @@
-"""The threaded gRPC server: options, binding, and CodecService with health and reflection."""
+"""The threaded gRPC server: options, binding, and CodecService with health and reflection.
+
+Bounded by its options: at most ``max_concurrent_rpcs`` calls in progress (running on one of
+``max_workers`` threads or waiting for one; grpc answers the next with RESOURCE_EXHAUSTED at once,
+before reading its message), requests of at most ``max_message_bytes`` and metadata of at most
+``max_metadata_bytes`` (RESOURCE_EXHAUSTED beyond either).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,10 @@ from codec_grpc.rpc.observe import CallObserver
 from codec_grpc.rpc.servicer import CodecServicer, method_handlers
 from codec_grpc.service import SERVICE_NAME
 
+# Calls in progress per thread when ServerOptions.max_concurrent_rpcs is None: three waiting for each
+# running one, so bursts queue rather than fail, but a flood of calls cannot pile up without end.
+CONCURRENT_RPCS_PER_WORKER = 4
+
 
 @dataclass(frozen=True)
 class ServerOptions:
@@ -25,6 +35,16 @@ class ServerOptions:
     # Off unless WORKERS > 1: with it on, a second server started by mistake on the same port
     # would silently share the traffic instead of failing to bind.
     reuse_port: bool = False
+    max_concurrent_rpcs: int | None = None  # None: CONCURRENT_RPCS_PER_WORKER x max_workers
+    # gRPC's own default is a soft 8 KiB (calls between 8 and 16 KiB refused at random) and a hard 16 KiB;
+    # this is both, so that a call is refused or not whatever the dice (a bearer JWT is 1 to 4 KiB).
+    max_metadata_bytes: int = 16 * 1024
+    reflection: bool = True
+
+    @property
+    def concurrent_rpcs(self) -> int:
+        """The limit on calls in progress that the server applies."""
+        return self.max_concurrent_rpcs or CONCURRENT_RPCS_PER_WORKER * self.max_workers
 
 
 def grpc_server(options: ServerOptions) -> tuple[grpc.Server, int]:
@@ -33,8 +53,11 @@ def grpc_server(options: ServerOptions) -> tuple[grpc.Server, int]:
         futures.ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="grpc"),
         options=[
             ("grpc.max_receive_message_length", options.max_message_bytes),
+            ("grpc.max_metadata_size", options.max_metadata_bytes),
+            ("grpc.absolute_max_metadata_size", options.max_metadata_bytes),
             ("grpc.so_reuseport", int(options.reuse_port)),
         ],
+        maximum_concurrent_rpcs=options.concurrent_rpcs,
     )
     address = f"[{options.host}]:{options.port}" if ":" in options.host else f"{options.host}:{options.port}"
     try:
@@ -58,8 +81,8 @@ def create_server(
     """Build (not start) a threaded gRPC server; returns it with the bound port.
 
     Besides CodecService it serves the standard ``grpc.health.v1.Health`` service
-    (SERVING for "" and for CodecService's full name) and server reflection, so
-    grpcurl and Kubernetes' gRPC probes work without proto files.
+    (SERVING for "" and for CodecService's full name) and, unless ``options.reflection``
+    is off, server reflection, so grpcurl and Kubernetes' gRPC probes work without proto files.
     """
     server, port = grpc_server(options)
     handlers = method_handlers(servicer)
@@ -70,7 +93,8 @@ def create_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    if options.reflection:
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     return server, port
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from codec_grpc.access import AccessTokenRule
 from codec_grpc.core.namespaces import parse_namespace
 from codec_grpc.errors import ConfigError
+from codec_grpc.keys.allowlist import parse_key_patterns
 from codec_grpc.keys.caches import MAX_ENCRYPTIONS_LIMIT
 
 _ORIGIN_RE = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$|^https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?/?$")
@@ -52,6 +53,27 @@ def parse_seconds(low: float, high: float) -> Callable[[str], float]:
         return value
 
     return parse
+
+
+def parse_float(low: float, high: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise ValueError(f"must be a number, got {text!r}") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low:g} and {high:g}, got {value:g}")
+        return value
+
+    return parse
+
+
+def parse_namespace_patterns(text: str) -> tuple[str, ...]:
+    patterns = tuple(filter(None, (part.strip() for part in text.split(","))))
+    for pattern in patterns:
+        if not re.fullmatch(r"[A-Za-z0-9._*-]{1,255}", pattern):
+            raise ValueError(f"expected namespace names or * patterns, got {pattern[:100]!r}")
+    return patterns
 
 
 def parse_bool(text: str) -> bool:
@@ -172,6 +194,26 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("GRPC_MAX_WORKERS", "16", parse_int(1, 1024), "threads serving gRPC calls"),
     Setting(
+        "GRPC_MAX_CONCURRENT_RPCS",
+        "",
+        lambda text: parse_int(1, 1_000_000)(text) if text.strip() else None,
+        "most gRPC calls in progress at once, running or waiting for a GRPC_MAX_WORKERS thread (health checks "
+        "and reflection included); more get RESOURCE_EXHAUSTED at once. Unset: 4 x GRPC_MAX_WORKERS",
+    ),
+    Setting(
+        "GRPC_MAX_METADATA_BYTES",
+        str(16 * 1024),
+        parse_int(1024, 1024 * 1024),
+        "largest metadata (headers: authorization, x-namespace, ...) of a gRPC call accepted; larger get "
+        "RESOURCE_EXHAUSTED",
+    ),
+    Setting(
+        "GRPC_REFLECTION",
+        "true",
+        parse_bool,
+        "serve gRPC server reflection (grpcurl, grpcui without proto files); the health service is always served",
+    ),
+    Setting(
         "WORKERS",
         "1",
         parse_int(1, 64),
@@ -244,8 +286,61 @@ SETTINGS: tuple[Setting, ...] = (
         "KMS_FAIL_FAST_SECONDS",
         "5",
         parse_seconds(0, 3600),
-        "after a KMS call found KMS unavailable, decodes needing an uncached key fail at once "
-        "(UNAVAILABLE / 503) for this long instead of waiting on KMS timeouts (0: off)",
+        "after a KMS call with a master key found KMS unavailable, decodes needing an uncached key under "
+        "that master key fail at once (UNAVAILABLE / 503) for this long instead of waiting on KMS timeouts "
+        "(0: off)",
+    ),
+    Setting(
+        "DECRYPT_KEY_ARNS",
+        "",
+        parse_key_patterns,
+        "KMS key ARNs that may decrypt beside the configured master keys (old master keys after an alias "
+        "moved), comma-separated; arn:aws:kms:REGION:ACCOUNT:key/* patterns allowed. Payloads naming any "
+        "other key are refused before any KMS call",
+    ),
+    Setting(
+        "MAX_KMS_DECRYPTS_PER_REQUEST",
+        "32",
+        parse_int(1, 100_000),
+        "most data keys one request may have unwrapped through KMS (RESOURCE_EXHAUSTED / 429 beyond); "
+        "cached keys do not count",
+    ),
+    Setting(
+        "KMS_DECRYPT_RATE",
+        "100",
+        parse_float(0, 100_000),
+        "KMS Decrypt calls per second this process may make, sustained (0: no limit)",
+    ),
+    Setting(
+        "KMS_DECRYPT_BURST",
+        "200",
+        parse_int(1, 1_000_000),
+        "KMS Decrypt calls this process may make at once after a quiet spell (token bucket)",
+    ),
+    Setting(
+        "KMS_MAX_CONCURRENT_CALLS",
+        "32",
+        parse_int(0, 10_000),
+        "KMS calls in flight at once in this process; a call waits up to 1s for its turn (0: no limit)",
+    ),
+    Setting(
+        "KMS_REFUSAL_TTL",
+        "60",
+        parse_seconds(0.001, 86400),
+        "seconds a data key KMS refused to unwrap is refused again without asking KMS",
+    ),
+    Setting(
+        "ALLOWED_NAMESPACES",
+        "*",
+        parse_namespace_patterns,
+        "namespaces served beside DEFAULT_NAMESPACE and those of NAMESPACE_KEY_ALIASES, comma-separated, "
+        "* patterns; * serves any (single-tenant). Others are refused (PERMISSION_DENIED / 403)",
+    ),
+    Setting(
+        "CURRENT_KEYS_MAX",
+        "1000",
+        parse_int(1, 1_000_000),
+        "current data keys held (one per master key and namespace); the least recently used goes first",
     ),
     Setting(
         "DEV_KMS",
@@ -405,6 +500,9 @@ class Config:
     grpc_port: int
     grpc_max_message_bytes: int
     grpc_max_workers: int
+    grpc_max_concurrent_rpcs: int | None
+    grpc_max_metadata_bytes: int
+    grpc_reflection: bool
     workers: int
     max_payloads_per_request: int
     default_namespace: str
@@ -423,6 +521,14 @@ class Config:
     kms_max_attempts: int
     kms_retry_mode: str
     kms_fail_fast_seconds: float
+    decrypt_key_arns: tuple[str, ...]
+    max_kms_decrypts_per_request: int
+    kms_decrypt_rate: float
+    kms_decrypt_burst: int
+    kms_max_concurrent_calls: int
+    kms_refusal_ttl: float
+    allowed_namespaces: tuple[str, ...]
+    current_keys_max: int
     dev_kms: str
     log_level: str
     gateway_enabled: bool

@@ -46,10 +46,25 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
+# Control characters a message may carry from a client (a newline in a key id): shown escaped.
+_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(32), 127) if code != 9}
+
+
+class TextFormatter(logging.Formatter):
+    """``TEXT_FORMAT``, one line per record: control characters in the line are escaped, so that text
+    a client sent cannot forge a log line (a traceback, added after, keeps its lines)."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return super().formatMessage(record).translate(_ESCAPES)
+
+
 def configure_logging(level: str, fmt: str, stream: TextIO | None = None) -> logging.Handler:
     """Replace the root logger's handlers with one writing ``fmt`` lines to ``stream`` (stderr)."""
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

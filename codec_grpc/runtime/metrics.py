@@ -269,6 +269,15 @@ class KmsMetrics:
         )
         for operation in self.SHORT_CIRCUITED_OPERATIONS:
             self.short_circuits.labels(operation)
+        self.limits = Counter(
+            f"{PREFIX}_kms_limited",
+            "KMS calls refused at once, without a request, because this server's own limits were "
+            "reached (KMS_DECRYPT_RATE, KMS_DECRYPT_BURST, KMS_MAX_CONCURRENT_CALLS).",
+            ("operation",),
+            registry=registry,
+        )
+        for operation in ("Decrypt", "GenerateDataKey"):
+            self.limits.labels(operation)
 
     def observe(self, operation: str, outcome: str, seconds: float) -> None:
         self.requests.labels(operation, outcome).inc()
@@ -276,6 +285,9 @@ class KmsMetrics:
 
     def short_circuited(self, operation: str) -> None:
         self.short_circuits.labels(operation).inc()
+
+    def limited(self, operation: str) -> None:
+        self.limits.labels(operation).inc()
 
 
 @dataclass(frozen=True)
@@ -321,12 +333,19 @@ CACHE_FAMILIES = {
 }
 
 
-def cache_samples(stats: KeyStats) -> Iterator[tuple[CacheFamily, tuple[str, ...], float]]:
+OTHER_NAMESPACES = "other"
+
+
+def cache_samples(
+    stats: KeyStats, labelled: Callable[[str], bool] | None = None
+) -> Iterator[tuple[CacheFamily, tuple[str, ...], float]]:
     """Every value of :data:`CACHE_FAMILIES` in ``stats``: (family, label values, value).
 
     Caches: ``current`` holds the data key each (master key, namespace) slot encrypts
     with; ``decrypted`` holds unwrapped data keys for decoding. Only ``decrypted``
-    evicts (LRU at capacity); a current key is replaced, not evicted.
+    evicts (LRU at capacity); a current key is replaced, not evicted. The per-key series
+    name only the namespaces ``labelled`` accepts (the configured ones): the others are
+    added up under ``temporal_namespace="other"``, so callers cannot grow the series.
     """
     family = CACHE_FAMILIES
     yield family["cache_hits"], ("current",), stats.current_hits
@@ -338,19 +357,35 @@ def cache_samples(stats: KeyStats) -> Iterator[tuple[CacheFamily, tuple[str, ...
     yield family["cache_entries"], ("decrypted",), stats.decrypted_size
     yield family["cache_capacity_entries"], (), stats.decrypted_capacity
     yield family["cached_keys"], (), stats.cached_keys
+    # Per slot: (age, expires in, expired, encryptions); slots outside ``labelled`` combined.
+    slots: dict[tuple[str, str], tuple[float, float, float, float]] = {}
     for key in stats.current_keys:
-        slot = (key.alias, key.namespace or "")
-        yield family["current_key_age_seconds"], slot, key.age
-        yield family["current_key_expires_in_seconds"], slot, key.expires_in
-        yield family["current_key_expired"], slot, 1.0 if key.expired else 0.0
-        yield family["current_key_encryptions"], slot, key.encryptions
+        namespace = key.namespace or ""
+        if namespace and labelled is not None and not labelled(namespace):
+            namespace = OTHER_NAMESPACES
+        values = (key.age, key.expires_in, 1.0 if key.expired else 0.0, float(key.encryptions))
+        seen = slots.get((key.alias, namespace))
+        if seen is not None:  # the oldest age, the soonest expiry, any expired, all encryptions
+            values = (max(seen[0], values[0]), min(seen[1], values[1]), max(seen[2], values[2]), seen[3] + values[3])
+        slots[(key.alias, namespace)] = values
+    for slot, (age, expires_in, expired, encryptions) in slots.items():
+        yield family["current_key_age_seconds"], slot, age
+        yield family["current_key_expires_in_seconds"], slot, expires_in
+        yield family["current_key_expired"], slot, expired
+        yield family["current_key_encryptions"], slot, encryptions
 
 
 class KeyCacheCollector(Collector):
     """The :data:`CACHE_FAMILIES`, read from the key manager at every scrape: nothing copied, nothing stale."""
 
-    def __init__(self, stats: Callable[[], KeyStats], registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        stats: Callable[[], KeyStats],
+        registry: CollectorRegistry | None = None,
+        labelled: Callable[[str], bool] | None = None,
+    ) -> None:
         self._stats = stats
+        self._labelled = labelled
         if registry is not None:
             registry.register(self)
 
@@ -362,7 +397,7 @@ class KeyCacheCollector(Collector):
         for family in CACHE_FAMILIES.values():  # every family, even with no sample (no current key yet)
             kind = CounterMetricFamily if family.kind == "counter" else GaugeMetricFamily
             built[family.name] = kind(f"{PREFIX}_{family.name}", family.documentation, labels=list(family.labels))
-        for family, labels, value in cache_samples(self._stats()):
+        for family, labels, value in cache_samples(self._stats(), self._labelled):
             built[family.name].add_metric(list(labels), value)
         yield from built.values()
 

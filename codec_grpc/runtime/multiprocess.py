@@ -57,9 +57,14 @@ class KeyStatsPublisher:
     """Copies a key manager's stats into multiprocess metrics, every ``interval`` seconds."""
 
     def __init__(
-        self, stats: Callable[[], KeyStats], interval: float = 1.0, registry: CollectorRegistry | None = None
+        self,
+        stats: Callable[[], KeyStats],
+        interval: float = 1.0,
+        registry: CollectorRegistry | None = None,
+        labelled: Callable[[str], bool] | None = None,
     ) -> None:
         self._stats = stats
+        self._labelled = labelled
         self._interval = interval
         self._published: dict[tuple[str, tuple[str, ...]], float] = {}
         self._lock = threading.Lock()
@@ -84,7 +89,7 @@ class KeyStatsPublisher:
             self.publish()
 
     def publish(self) -> None:
-        samples = list(cache_samples(self._stats()))
+        samples = list(cache_samples(self._stats(), self._labelled))
         with self._lock:  # the thread and stop() may both publish
             for family, labels, value in samples:
                 metric = self._metrics[family.name]

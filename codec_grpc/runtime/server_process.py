@@ -45,7 +45,7 @@ from codec_grpc.runtime.multiprocess import (
     forget_process,
     multiprocess_registry,
 )
-from codec_grpc.runtime.wiring import CodecApp, build_app, in_process_upstream, kms_client
+from codec_grpc.runtime.wiring import CodecApp, build_app, in_process_upstream, kms_client, namespace_scope
 from codec_grpc.runtime.workers import Supervisor, fork_workers, reserved_ports
 
 log = logging.getLogger("codec_server")
@@ -68,6 +68,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 def _run_server(config: Config, worker: int | None = None, received: list[int] | None = None) -> int:
     """One server process: the only one (worker None), or worker ``worker`` of WORKERS."""
+    # Before any port is bound: a SIGTERM from then on (a test, a kubelet) stops the server cleanly.
+    received = _record_stop_signals() if received is None else received
     dev_kms, client = _kms(config)
     publisher = None
     try:
@@ -80,10 +82,10 @@ def _run_server(config: Config, worker: int | None = None, received: list[int] |
         print(f"codec-server: error: {message}", file=sys.stderr)
         return 2
     if worker is not None:
-        publisher = KeyStatsPublisher(app.keys.stats)
+        publisher = KeyStatsPublisher(app.keys.stats, labelled=namespace_scope(app.config).configured.__contains__)
         publisher.start()
     try:
-        abandoned = _serve(app, _record_stop_signals() if received is None else received)
+        abandoned = _serve(app, received)
     except ConfigError as exc:
         print(f"codec-server: error: {exc}", file=sys.stderr)
         return 2

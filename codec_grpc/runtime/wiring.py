@@ -19,9 +19,10 @@ from prometheus_client import CollectorRegistry
 
 from codec_grpc.access import AccessPolicy, TokenVerifier
 from codec_grpc.core import DataKey, EnvelopeCodec
+from codec_grpc.core.namespaces import NamespaceScope
 from codec_grpc.gateway import InProcessUpstream
 from codec_grpc.keys import KeyManager, KeyPolicy
-from codec_grpc.kms import KmsKeyProvider
+from codec_grpc.kms import KmsKeyProvider, KmsLimits
 from codec_grpc.kms.client import kms_client as boto_kms_client
 from codec_grpc.rpc import CallObserver, CodecServicer, ObservedHealthServicer, ServerOptions, create_server
 from codec_grpc.rpc.server import serving_status
@@ -55,7 +56,15 @@ def key_policy(config: Config) -> KeyPolicy:
         cache_ttl=config.kms_cache_ttl,
         cache_capacity=config.kms_cache_max_keys,
         outage_grace=config.kms_outage_grace,
+        decrypt_key_patterns=config.decrypt_key_arns,
+        refusal_ttl=config.kms_refusal_ttl,
+        max_slots=config.current_keys_max,
     )
+
+
+def namespace_scope(config: Config) -> NamespaceScope:
+    """The namespaces served: ALLOWED_NAMESPACES, and the configured ones (which metrics label by name)."""
+    return NamespaceScope(config.allowed_namespaces, (config.default_namespace, *config.namespace_key_aliases))
 
 
 @dataclass
@@ -84,19 +93,33 @@ def build_app(config: Config, client: Any, registry: CollectorRegistry | None = 
     Metrics go to ``registry`` (a fresh one when None); serving them is the caller's choice.
     """
     registry = CollectorRegistry() if registry is None else registry
+    # What the configuration alone can refuse (the policy file), before anything asks KMS.
+    access = access_policy(config)
+    verifier = token_verifier(config)
     kms_metrics = KmsMetrics(registry)
     provider = KmsKeyProvider(
         client,
         observer=kms_metrics.observe,
         fail_fast=config.kms_fail_fast_seconds,
         short_circuit_observer=kms_metrics.short_circuited,
+        limits=KmsLimits(
+            decrypt_rate=config.kms_decrypt_rate,
+            decrypt_burst=config.kms_decrypt_burst,
+            max_concurrent=config.kms_max_concurrent_calls,
+        ),
+        limited_observer=kms_metrics.limited,
     )
     keys = KeyManager(provider, key_policy(config), DataKey)
-    KeyCacheCollector(keys.stats, registry)
+    keys.resolve_master_keys()  # the allowlist; a failure is logged and retried when a payload needs it
+    scope = namespace_scope(config)
+    KeyCacheCollector(keys.stats, registry, scope.configured.__contains__)
     codec = EnvelopeCodec(keys, bind_namespace=config.namespace_binding, accept_unbound=config.accept_unbound_payloads)
-    limits = ServiceLimits(default_namespace=config.default_namespace, max_payloads=config.max_payloads_per_request)
-    access = access_policy(config)
-    verifier = token_verifier(config)
+    limits = ServiceLimits(
+        default_namespace=config.default_namespace,
+        max_payloads=config.max_payloads_per_request,
+        max_kms_decrypts=config.max_kms_decrypts_per_request,
+        namespaces=scope,
+    )
     service = CodecService(codec, keys, provider.stats, limits, access)
     options = ServerOptions(
         host=config.grpc_host,
@@ -105,6 +128,9 @@ def build_app(config: Config, client: Any, registry: CollectorRegistry | None = 
         max_workers=config.grpc_max_workers,
         credentials=grpc_server_credentials(config),
         reuse_port=config.workers > 1,
+        max_concurrent_rpcs=config.grpc_max_concurrent_rpcs,
+        max_metadata_bytes=config.grpc_max_metadata_bytes,
+        reflection=config.grpc_reflection,
     )
     # METRICS_ENABLED=false: calls are not counted at all (nothing could read the counts).
     grpc_metrics = GrpcMetrics(registry) if config.metrics_enabled else None

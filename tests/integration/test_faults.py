@@ -117,7 +117,7 @@ def test_uncached_decodes_fail_fast_after_kms_was_found_unavailable(
     error, took = decode(second)
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert took < 0.5  # no timeouts waited out: the proxy saw no request (below)
-    assert "not tried, KMS was unavailable moments ago" in (error.details() or "")
+    assert "not tried, KMS was unavailable for this key moments ago" in (error.details() or "")
     assert kms_proxy.seen("Decrypt") - asked == 3
     kms_proxy.set()
     eventually(lambda: _decodes(reader, third))
@@ -175,7 +175,7 @@ def test_short_circuited_decrypts_are_exported_to_prometheus_and_stats(
                 refusals.append(details(caught))
             stats = stub.Stats(pb.StatsRequest(), timeout=10)
         assert "cannot reach KMS" in refusals[0]
-        assert all("not tried, KMS was unavailable moments ago" in refusal for refusal in refusals[1:])
+        assert all("not tried, KMS was unavailable for this key moments ago" in refusal for refusal in refusals[1:])
         assert kms_proxy.seen("Decrypt") - asked == 1
         assert scrape(short_circuited, operation="Decrypt") == 2
         assert scrape("temporal_codec_kms_requests_total", operation="Decrypt", outcome="unavailable") == 1

@@ -234,15 +234,22 @@ def test_http_gateway_survives_malformed_http(gateway: Gateway) -> None:
     ],
 )
 def test_altered_envelope_reaching_kms_is_a_client_error(gateway: Gateway, name: str, value: bytes) -> None:
-    """KMS answers these (no such key, cannot unwrap, access denied): the payload's fault, so 4xx,
-    and no fail-fast pause: the next payload of a key not cached decodes at once."""
+    """The payload's fault, so 4xx, and no fail-fast pause: the next payload of a key not cached
+    decodes at once. Key ids are refused before KMS; KMS answers the altered data keys (cannot unwrap)."""
     stub = gateway.codec.stub
     (payload,) = stub.Encode(pb.EncodeRequest(payloads=[pb.Payload(data=b"x")])).payloads
     payload.metadata[name] = value
     with pytest.raises(grpc.RpcError) as caught:
         stub.Decode(pb.DecodeRequest(payloads=[payload]))
     assert caught.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED)
-    assert (caught.value.details() or "").startswith("payload 0: KMS Decrypt with key ")
+    # An altered key id is refused before KMS (not a key ARN; or not on the allowlist); an altered data
+    # key reaches KMS, which refuses it.
+    expected = (
+        ("payload 0: metadata 'encryption-key-id' is not a KMS key ARN", "payload 0: KMS key arn:")
+        if name == "encryption-key-id"
+        else ("payload 0: KMS Decrypt with key ",)
+    )
+    assert (caught.value.details() or "").startswith(expected)
     document = {"payloads": [json_format.MessageToDict(payload)]}
     reply = gateway.post("/decode", document, X_Namespace="default")
     assert reply.status in (400, 403), reply.body

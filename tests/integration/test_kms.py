@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
 from botocore.stub import Stubber
 
 from codec_grpc import errors
-from codec_grpc.kms import KmsKeyProvider, encryption_context
+from codec_grpc.kms import KmsKeyProvider, KmsLimits, encryption_context
 from tests.support.fixtures import boto_kms, free_port
 
 
@@ -129,9 +130,9 @@ def test_decrypt_fails_fast_for_a_while_after_kms_was_unavailable() -> None:
         with pytest.raises(errors.KmsUnavailableError) as caught:
             provider.decrypt_data_key(b"blob", arn, None)
         assert str(caught.value) == (
-            f"KMS Decrypt with key {arn}: not tried, KMS was unavailable moments ago "
+            f"KMS Decrypt with key {arn}: not tried, KMS was unavailable for this key moments ago "
             "(KMS is unavailable or throttling (ThrottlingException)); "
-            "the next attempt is in 0.1s at most (KMS_FAIL_FAST_SECONDS); retry later"
+            "the next attempt is in 0.1s at most (KMS_FAIL_FAST_SECONDS); retry in 1s"
         )
         stub.assert_no_pending_responses()
         clock.now += 0.2  # the pause is over: KMS is asked again
@@ -198,3 +199,80 @@ def test_malformed_decrypt_parameters_are_the_payloads_fault() -> None:
         stub.add_response("decrypt", {"Plaintext": b"k" * 32, "KeyId": "arn:k"})
         assert provider.decrypt_data_key(b"blob", "arn:k", None) == b"k" * 32  # not paused
     assert provider.stats().short_circuited == 0
+
+
+def test_the_fail_fast_pause_is_per_master_key() -> None:
+    """A failure provoked with one key (throttled, say) does not stop decodes under the others."""
+    client, clock = boto_kms(), Clock()
+    provider = KmsKeyProvider(client, fail_fast=60.0, clock=clock)
+    first, second = "arn:aws:kms:us-east-1:1:key/a", "arn:aws:kms:us-east-1:1:key/b"
+    with Stubber(client) as stub:
+        stub.add_client_error("decrypt", service_error_code="ThrottlingException")
+        stub.add_response("decrypt", {"Plaintext": b"k" * 32, "KeyId": second})
+        with pytest.raises(errors.KmsUnavailableError, match="ThrottlingException"):
+            provider.decrypt_data_key(b"blob", first, None)
+        assert provider.decrypt_data_key(b"blob", second, None) == b"k" * 32  # asked: not paused
+        with pytest.raises(errors.KmsUnavailableError, match="not tried"):
+            provider.decrypt_data_key(b"blob", first, None)  # paused, no request
+        stub.assert_no_pending_responses()
+    assert provider.stats().short_circuited == 1
+
+
+def test_decrypt_rate_is_a_token_bucket() -> None:
+    client, clock = boto_kms(), Clock()
+    provider = KmsKeyProvider(client, clock=clock, limits=KmsLimits(decrypt_rate=2, decrypt_burst=3))
+    arn = "arn:aws:kms:us-east-1:1:key/k"
+    with Stubber(client) as stub:
+        for _ in range(4):
+            stub.add_response("decrypt", {"Plaintext": b"k" * 32, "KeyId": arn})
+        for _ in range(3):  # the burst
+            provider.decrypt_data_key(b"blob", arn, None)
+        with pytest.raises(errors.KmsUnavailableError) as caught:
+            provider.decrypt_data_key(b"blob", arn, None)
+        assert str(caught.value) == (
+            f"KMS Decrypt with key {arn}: not sent, this server's Decrypt budget is spent "
+            "(KMS_DECRYPT_RATE=2/s, KMS_DECRYPT_BURST=3); retry in 1s"
+        )
+        clock.now += 0.5  # one token back at 2/s
+        provider.decrypt_data_key(b"blob", arn, None)
+        stub.assert_no_pending_responses()
+    stats = provider.stats()
+    assert (stats.count("Decrypt"), stats.limited, stats.short_circuited) == (4, 1, 0)
+    with Stubber(client) as stub:  # the budget's refusal starts no fail-fast pause: it was not KMS's
+        stub.add_response("decrypt", {"Plaintext": b"k" * 32, "KeyId": arn})
+        clock.now += 10
+        provider.decrypt_data_key(b"blob", arn, None)
+
+
+def test_concurrent_kms_calls_are_bounded() -> None:
+    """A call finding every slot taken waits queue_timeout, then is refused without a request."""
+    arn = "arn:aws:kms:us-east-1:1:key/k"
+    release, entered = threading.Event(), threading.Event()
+
+    class SlowClient:
+        def decrypt(self, **_: Any) -> dict[str, Any]:
+            entered.set()
+            release.wait(10)
+            return {"Plaintext": b"k" * 32, "KeyId": arn}
+
+    provider = KmsKeyProvider(SlowClient(), limits=KmsLimits(max_concurrent=1, queue_timeout=0.05))
+    first = threading.Thread(target=provider.decrypt_data_key, args=(b"blob", arn, None))
+    first.start()
+    assert entered.wait(5)
+    with pytest.raises(
+        errors.KmsUnavailableError, match=r"1 KMS calls are in flight already \(KMS_MAX_CONCURRENT_CALLS\); retry in 1s"
+    ):
+        provider.decrypt_data_key(b"blob", arn, None)
+    release.set()
+    first.join(5)
+    assert provider.decrypt_data_key(b"blob", arn, None) == b"k" * 32  # the slot is free again
+    assert provider.stats().limited == 1
+
+
+def test_key_arn_resolves_an_alias(admin_kms: Any, make_key: Any) -> None:
+    alias, arn = make_key()
+    provider = KmsKeyProvider(admin_kms)
+    assert provider.key_arn(alias) == arn
+    assert provider.key_arn(arn) == arn
+    with pytest.raises(errors.KmsNotFoundError, match="KMS DescribeKey with key alias/nope: no such key or alias"):
+        provider.key_arn("alias/nope")

@@ -52,7 +52,12 @@ def value(found: dict, name: str, **labels: str) -> float:
 def traffic(codec_server, make_key) -> Iterator[tuple[str, str, str]]:
     """A server that served encodes, decodes, a refused decode and a KMS failure; yields its scrape."""
     alias, arn = make_key()
-    running = codec_server(KMS_KEY_ALIAS=alias, KMS_CACHE_MAX_KEYS=1, NAMESPACE_KEY_ALIASES="broken=alias/missing")
+    running = codec_server(
+        KMS_KEY_ALIAS=alias,
+        KMS_CACHE_MAX_KEYS=1,
+        NAMESPACE_KEY_ALIASES="broken=alias/missing",
+        ALLOWED_NAMESPACES="ns-a,ns-b",  # named: their series carry their names
+    )
     encoded = running.stub.Encode(codec_pb2.EncodeRequest(payloads=payloads(3), namespace="ns-a")).payloads
     running.stub.Decode(codec_pb2.DecodeRequest(payloads=encoded, namespace="ns-a"))
     running.stub.Encode(codec_pb2.EncodeRequest(payloads=payloads(1), namespace="ns-b"))  # evicts ns-a's key

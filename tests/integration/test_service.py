@@ -13,6 +13,7 @@ import pytest
 from temporalio.api.common.v1 import Payload as TemporalPayload
 from temporalio.api.common.v1 import Payloads as TemporalPayloads
 
+from codec_grpc.core import EnvelopeCodec
 from codec_grpc.v1 import codec_pb2 as pb
 from tests.support.fixtures import RunningCodec, details, free_port
 
@@ -131,7 +132,8 @@ def test_swapped_key_id_is_refused(codec_server: Start, make_key: Any) -> None:
     _, other_arn = make_key()
     server = codec_server(KMS_KEY_ALIAS=make_key()[0])
     (encoded,) = encode(server, payloads(1))
-    fresh = codec_server(KMS_KEY_ALIAS="alias/unused")  # its cache does not know the data key
+    # Its cache does not know the data key; the other key is on its allowlist, so KMS is asked.
+    fresh = codec_server(KMS_KEY_ALIAS="alias/unused", DECRYPT_KEY_ARNS=other_arn)
     altered = pb.Payload(metadata={**encoded.metadata, "encryption-key-id": other_arn.encode()}, data=encoded.data)
     with pytest.raises(grpc.RpcError) as caught:
         decode(fresh, [pb.Payload(), altered])
@@ -139,10 +141,12 @@ def test_swapped_key_id_is_refused(codec_server: Start, make_key: Any) -> None:
     assert details(caught).startswith(f"payload 1: KMS Decrypt with key {other_arn}")
 
 
-def test_altered_namespace_metadata_is_refused_by_kms(server: RunningCodec, codec_server: Start) -> None:
+def test_altered_namespace_metadata_is_refused_by_kms(
+    server: RunningCodec, codec_server: Start, key: tuple[str, str]
+) -> None:
     (encoded,) = encode(server, payloads(1), namespace="team-a")
     moved = pb.Payload(metadata={**encoded.metadata, "encryption-namespace": b"team-b"}, data=encoded.data)
-    fresh = codec_server(KMS_KEY_ALIAS="alias/unused")
+    fresh = codec_server(KMS_KEY_ALIAS="alias/unused", DECRYPT_KEY_ARNS=key[1])
     with pytest.raises(grpc.RpcError) as caught:
         decode(fresh, [moved], namespace="team-b")
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -209,7 +213,8 @@ def test_master_key_rotation_by_update_alias(codec_server: Start, make_key: Any,
     after = encode(server, payloads(3))
     assert after[0].metadata["encryption-key-id"] == new_arn.encode()
     assert server.kms["GenerateDataKey"] == 2
-    fresh = codec_server(KMS_KEY_ALIAS=alias)
+    # A restarted server knows the alias's new key; the old one must be listed (the allowlist).
+    fresh = codec_server(KMS_KEY_ALIAS=alias, DECRYPT_KEY_ARNS=old_arn)
     assert decode(fresh, before + after) == payloads(3) + payloads(3)
     assert fresh.kms["Decrypt"] == 2  # one per data key, old master key included
 
@@ -288,7 +293,7 @@ def test_unreachable_kms_is_unavailable(codec_server: Start) -> None:
         encode(server, payloads(1))
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "cannot reach KMS" in details(caught)
-    assert server.stub.Stats(pb.StatsRequest()).kms_errors == 1
+    assert server.stub.Stats(pb.StatsRequest()).kms_errors == 2  # start-up's DescribeKey, then GenerateDataKey
 
 
 def test_unknown_master_key_is_failed_precondition(codec_server: Start) -> None:
@@ -330,13 +335,15 @@ def test_stats_reports_expired_key(codec_server: Start, key: tuple[str, str]) ->
     assert stats.current_key_expired and stats.current_key_expires_in_seconds == 0
 
 
-def test_unexpected_error_is_internal_without_details(server: RunningCodec, caplog: pytest.LogCaptureFixture) -> None:
+def test_unexpected_error_is_internal_without_details(
+    server: RunningCodec, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A bug answers INTERNAL with a fixed message; the log names the error type, not the data."""
 
     def broken(*_: object, **__: object) -> list[bytes]:
         raise ZeroDivisionError("secret-looking detail")
 
-    server.app.codec.encode_serialized = broken  # type: ignore[method-assign]
+    monkeypatch.setattr(EnvelopeCodec, "encode_serialized", broken)
     with pytest.raises(grpc.RpcError) as caught:
         encode(server, payloads(1))
     assert caught.value.code() == grpc.StatusCode.INTERNAL

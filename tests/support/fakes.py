@@ -49,6 +49,13 @@ class FakeProvider:
             raise self.fail_with
         return GeneratedKey(plaintext=self._key_for(blob), encrypted_key=blob, key_arn=f"{FAKE_ARN}/{key_id}")
 
+    def key_arn(self, key_id: str) -> str:
+        with self._lock:
+            self.calls["DescribeKey"] += 1
+        if self.fail_with is not None:
+            raise self.fail_with
+        return f"{FAKE_ARN}/{key_id}"
+
     def decrypt_data_key(self, encrypted_key: bytes, key_arn: str, namespace: str | None) -> bytes:
         with self._lock:
             self.calls["Decrypt"] += 1

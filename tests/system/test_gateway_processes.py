@@ -180,7 +180,7 @@ def test_gateway_settings_are_validated(env: dict[str, str], message: str) -> No
 def test_gateway_settings_defaults_and_parsing() -> None:
     config = load_config({"CORS_ALLOWED_ORIGINS": " https://UI.example.com , http://localhost:8080/ ,"})
     assert config.cors_allowed_origins == frozenset({"https://ui.example.com", "http://localhost:8080"})
-    assert (config.gateway_enabled, config.gateway_host, config.port) == (True, "0.0.0.0", 8081)
+    assert (config.gateway_enabled, config.gateway_host, config.port) == (True, "127.0.0.1", 8081)
     assert config.auth_enabled is False
     secured = load_config({"AUTH_JWKS_URL": "https://idp/jwks", "AUTH_ISSUER": "https://idp/", "AUTH_AUDIENCE": "a,b"})
     assert secured.auth_enabled and secured.auth_audience == ("a", "b")

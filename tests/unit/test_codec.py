@@ -105,7 +105,10 @@ def test_changed_metadata_value_is_refused(keys: StaticKeys) -> None:
     key = keys.keys[None]
     # A key source that ignores what it is asked for: the codec itself must notice.
     keys.decryption_key = lambda *_: key  # type: ignore[method-assign]
-    for name, value in [("encryption-key-id", b"arn:other"), ("encrypted-data-key", b"other-edk")]:
+    for name, value in [
+        ("encryption-key-id", b"arn:aws:kms:us-east-1:111122223333:key/other"),
+        ("encrypted-data-key", b"other-edk"),
+    ]:
         altered = Payload(metadata={**encoded.metadata, name: value}, data=encoded.data)
         with pytest.raises(errors.DecryptionError, match="^payload 0:"):
             codec.decode([altered], "ns")
@@ -199,3 +202,26 @@ def test_an_entry_added_to_the_envelope_is_refused(codec: EnvelopeCodec) -> None
     assert str(caught.value) == "payload 1: unexpected metadata 'note' on an encrypted payload: it was altered"
     with pytest.raises(errors.PayloadError, match="payload 1: unexpected metadata 'note'"):
         codec.decode_serialized([p.SerializeToString() for p in encoded], "ns")
+
+
+@pytest.mark.parametrize(
+    "key_id",
+    [
+        b"arn:aws:kms:us-east-1:999999999999:key/\nINFO forged log line",
+        b"x" * (1024 * 1024),
+        b"alias/temporal-codec-latest",
+        b"arn:aws:kms:us-east-1:111122223333:alias/x",
+        b"arn:aws:s3:::bucket",
+    ],
+    ids=["newline", "1 MiB", "alias", "alias ARN", "other service"],
+)
+def test_a_key_id_that_is_not_a_key_arn_is_refused_short_and_escaped(codec: EnvelopeCodec, key_id: bytes) -> None:
+    """The key id comes from whoever wrote the payload: checked before anything is looked up or echoed."""
+    (encoded,) = codec.encode(_payloads(1), "ns")
+    altered = Payload(metadata={**encoded.metadata, "encryption-key-id": key_id}, data=encoded.data)
+    with pytest.raises(
+        errors.PayloadError, match="^payload 0: metadata 'encryption-key-id' is not a KMS key ARN"
+    ) as caught:
+        codec.decode([altered], "ns")
+    message = str(caught.value)
+    assert len(message) < 200 and "\n" not in message
