@@ -57,6 +57,10 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
 ENV GRPC_HOST=0.0.0.0 \
     GATEWAY_HOST=0.0.0.0 \
     METRICS_HOST=0.0.0.0
+# Buffers over 128 KiB (a large request's copies) go back to the system when freed, instead of
+# staying in glibc's heap: the peak for one 16 MiB request falls from 180 to 151 MiB (bench/bombs.py),
+# inside the chart's 192 MiB limit with room to spare.
+ENV MALLOC_MMAP_THRESHOLD_=131072
 USER 10001:10001
 WORKDIR /tmp
 # gRPC, HTTP gateway, Prometheus metrics

@@ -1,7 +1,7 @@
 """The HTTP/JSON gateway: the codec-server protocol of the Temporal Web UI, CLI and Go SDK.
 
-A thin transport: it checks the request (``Host``, ``Content-Type``, CORS), the
-caller (bearer token, then the access policy for the operation and namespace), parses
+A thin transport: it checks the request (``Host``, ``Content-Type``, ``Content-Encoding``,
+CORS), the caller (bearer token, then the access policy for the operation and namespace), parses
 proto3 JSON (``jsonwire``, falling back to ``body``) and hands the serialized
 request and the caller to an :class:`~codec_grpc.gateway.upstreams.Upstream`.
 Failures arrive as :class:`~codec_grpc.gateway.statuses.HttpError`. Routes (any
@@ -26,14 +26,21 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from aiohttp import web
+from aiohttp import payload, web
+from aiohttp.abc import AbstractStreamWriter
 
 from codec_grpc import errors
 from codec_grpc.access import ANONYMOUS_CALLER, AccessPolicy, Caller, TokenVerifier
 from codec_grpc.core.namespaces import NAMESPACE_HEADER, resolve_namespace
 from codec_grpc.core.protowire import WireError
-from codec_grpc.gateway.body import BodyError, stats_json
-from codec_grpc.gateway.jsonwire import request_bytes, response_document
+from codec_grpc.gateway.body import BodyError, BodyLimits, BodyTooLarge, stats_json
+from codec_grpc.gateway.jsonwire import (
+    document_chunks,
+    document_size,
+    request_bytes,
+    response_document,
+    response_parts,
+)
 from codec_grpc.gateway.statuses import FAILED, HttpError
 from codec_grpc.gateway.upstreams import OFF_LOOP_BYTES, Credentials, Upstream
 from codec_grpc.service import visible_stats
@@ -55,6 +62,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class GatewaySettings:
     default_namespace: str = "default"
     max_body_bytes: int = 16 * 1024 * 1024
+    max_payloads: int = 10_000  # MAX_PAYLOADS_PER_REQUEST: refused before a body is parsed
     allowed_origins: frozenset[str] = frozenset()
     upstream_timeout: float = 30.0
     allowed_hosts: frozenset[str] = frozenset()  # empty: any Host
@@ -206,6 +214,7 @@ class _Routes:
         self._upstream = upstream
         self._verifier = verifier
         self._access = access
+        self._limits = BodyLimits(max_payloads=settings.max_payloads)
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         """Route on the last path segment so that any path prefix works."""
@@ -255,25 +264,35 @@ class _Routes:
 
     async def _codec_call(self, request: web.Request, action: str, segments: list[str]) -> web.Response:
         _check_json(request)
+        _check_identity_encoding(request)
         namespace = self._namespace(request, segments)
         request[_NOTE].namespace = namespace
         credentials = await self._authorize(request, action, namespace)
         body = await self._read_body(request)
         try:
-            request_wire = await _off_loop(len(body), request_bytes, body, namespace)
+            # The bytearray is emptied once decoded: a large body is not held while it is parsed.
+            request_wire = await _off_loop(len(body), request_bytes, body, namespace, self._limits)
+        except BodyTooLarge as exc:
+            raise HttpError(413, str(exc)) from None
         except BodyError as exc:
             raise HttpError(400, str(exc)) from None
-        size = len(body)
+        del body
         response = await self._upstream.call(
             action.capitalize(), request_wire, self._settings.upstream_timeout, credentials
         )
         del request_wire  # a large batch's copies go as soon as they are done with (memory peak)
         try:
-            answer, request[_NOTE].payloads = await _off_loop(size, response_document, response)
+            if len(response) <= OFF_LOOP_BYTES:
+                answer, request[_NOTE].payloads = response_document(response)
+                return web.Response(body=answer, content_type="application/json")
+            # A large answer is rendered on a thread, in parts written one after the other: neither the
+            # whole JSON nor the transport's copy of what the socket has not taken yet exist at once.
+            rendered, request[_NOTE].payloads = await asyncio.to_thread(response_parts, response)
         except WireError as exc:
             log.warning("malformed %s response from the codec service: %s", action, exc)
             raise HttpError(*FAILED) from None
-        return web.Response(body=answer, content_type="application/json")
+        del response
+        return web.Response(body=_ChunkedAnswer(rendered), content_type="application/json")
 
     def _namespace(self, request: web.Request, segments: list[str]) -> str:
         """X-Namespace, else the path form /{namespace}/{action}, else DEFAULT_NAMESPACE."""
@@ -307,15 +326,19 @@ class _Routes:
             log.warning("token not checked: %s: %s", exc, exc.__cause__)
             raise HttpError(503, str(exc)) from None
 
-    async def _read_body(self, request: web.Request) -> bytes:
+    async def _read_body(self, request: web.Request) -> bytearray:
+        """The body, read as it arrives (never more than GATEWAY_MAX_BODY_BYTES, whatever
+        Content-Length says or chunked encoding sends) into one bytearray: no copy of it is made."""
         limit = self._settings.max_body_bytes
         too_large = HttpError(413, f"request body larger than {limit} bytes (GATEWAY_MAX_BODY_BYTES): split the batch")
         if request.content_length is not None and request.content_length > limit:
             raise too_large
-        try:
-            return await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise too_large from None
+        body = bytearray()
+        while chunk := await request.content.readany():
+            if len(body) + len(chunk) > limit:
+                raise too_large
+            body += chunk
+        return body
 
     async def _health(self) -> web.Response:
         status = await self._upstream.health()
@@ -331,6 +354,37 @@ class _Routes:
         answer = await self._upstream.stats(namespace, self._settings.upstream_timeout, credentials)
         # The gRPC service filters too, when it authenticates; a sidecar's may not.
         return web.json_response(stats_json(visible_stats(answer, credentials.caller, self._access)))
+
+
+def _check_identity_encoding(request: web.Request) -> None:
+    """Only uncompressed bodies: 4 KiB of gzip inflate to 4 MiB, and the limits are on what arrives
+    (GATEWAY_MAX_BODY_BYTES) and on what is parsed. The UI, the CLI and the Go SDK never compress
+    their requests; the runner also turns aiohttp's own decompression off (``runner.serve``)."""
+    for value in request.headers.getall("Content-Encoding", ()):
+        for coding in value.split(","):
+            if coding.strip().lower() not in ("", "identity"):
+                shown = value.strip()[:100]
+                raise HttpError(
+                    415, f"Content-Encoding {shown!r} is not accepted: send the JSON body uncompressed (identity)"
+                )
+
+
+class _ChunkedAnswer(payload.Payload):
+    """A large answer body (:func:`~codec_grpc.gateway.jsonwire.response_parts`), written a chunk at a
+    time, each after the socket took the last: its parts are dropped as they are sent."""
+
+    _autoclose = True
+
+    def __init__(self, rendered: list[bytes]) -> None:
+        super().__init__(rendered, content_type="application/json")
+        self._size = document_size(rendered)
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return b"".join(document_chunks(list(self._value))).decode(encoding, errors)
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        for chunk in document_chunks(self._value):
+            await writer.write(chunk)  # drains when the transport holds more than 64 KiB
 
 
 def _check_json(request: web.Request) -> None:

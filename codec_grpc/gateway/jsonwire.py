@@ -13,21 +13,27 @@ plus the strict checks), which also words every error: external payloads,
 numbers as strings, URL-safe or unpadded base64, nulls, unknown fields, invalid
 input of any kind. The tests check on random documents that both paths give
 the same request, the same answer and the same error, and that the common
-shapes really take the fast path.
+shapes really take the fast path. Both parse with ``body.load_document``, which
+refuses bodies over the limits before they are parsed.
+
+Memory: a large body's copies go as soon as the next one exists (its bytes once
+decoded, the parsed document once converted), and a large answer is rendered in
+parts (:func:`response_parts`) that the gateway writes one after the other,
+without a copy of every payload first or of the whole answer after.
 """
 
 from __future__ import annotations
 
 import binascii
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
 from codec_grpc.core import protowire as wire
-from codec_grpc.gateway.body import SEXTET, parse_request
+from codec_grpc.gateway.body import DEFAULT_LIMITS, SEXTET, BodyLimits, Parsed, load_document, parse_request
 from codec_grpc.v1 import codec_pb2
 
 _SIMPLE_PAYLOAD = frozenset({"metadata", "data"})
@@ -50,33 +56,35 @@ def _remember(memo: dict[Any, Any], key: Any, value: Any, size: int) -> None:
         memo[key] = value
 
 
-def request_bytes(body: bytes, namespace: str) -> bytes:
+def request_bytes(body: bytes | bytearray, namespace: str, limits: BodyLimits = DEFAULT_LIMITS) -> bytes:
     """The serialized Encode/Decode request (their shapes are the same) for a JSON body.
 
-    Raises ``BodyError`` exactly as ``body.parse_request`` does.
+    Raises ``BodyError`` (``BodyTooLarge`` over ``limits``) exactly as ``body.parse_request``
+    does. A ``bytearray`` body is emptied once read (``body.load_document``).
     """
-    try:
-        document = json.loads(body)
-    except (ValueError, RecursionError):  # not JSON, not UTF-8, too deep: the reference path words the error
-        document = None
-    payloads = _simple_payloads(document)
+    document = load_document(body, limits)
+    payloads = _simple_payloads(document, limits)
     if payloads is None:
-        return reference_request_bytes(body, namespace)
+        return reference_request_bytes(Parsed(document), namespace, limits)
+    del document  # a large batch's parsed form goes before the request is joined (memory peak)
     if namespace:
         payloads.append(wire.field(2, namespace.encode()))
     return b"".join(payloads)
 
 
-def reference_request_bytes(body: bytes, namespace: str) -> bytes:
-    request = parse_request(body, codec_pb2.EncodeRequest())
+def reference_request_bytes(
+    body: bytes | bytearray | Parsed, namespace: str, limits: BodyLimits = DEFAULT_LIMITS
+) -> bytes:
+    request = parse_request(body, codec_pb2.EncodeRequest(), limits)
     request.namespace = namespace
     return request.SerializeToString()
 
 
-def _simple_payloads(document: Any) -> list[bytes] | None:
+def _simple_payloads(document: Any, limits: BodyLimits) -> list[bytes] | None:
     """Each payload as field 1 of the request, or None when the body is not of the simple shape."""
     if type(document) is not dict or document.keys() != {"payloads"} or type(document["payloads"]) is not list:
         return None
+    limits.check_count(len(document["payloads"]))  # as the reference path would, before the payloads' checks
     fields = []
     for payload in document["payloads"]:
         if type(payload) is not dict or not payload.keys() <= _SIMPLE_PAYLOAD:
@@ -142,6 +150,48 @@ def response_document(response: bytes) -> tuple[bytes, int]:
     number of payloads in it. Raises ``WireError`` when the bytes are not a valid response."""
     payloads, _ = wire.split_request(response)  # a response is field 1 of a request
     return payloads_document(payloads), len(payloads)
+
+
+def response_parts(response: bytes) -> tuple[list[bytes], int]:
+    """:func:`response_document` for a large answer: the protojson of each payload, to be written
+    between ``{"payloads":[``, commas and ``]}`` (:func:`document_chunks`), and the number of
+    payloads. Each payload is copied out of ``response`` only while it is rendered."""
+    rendered: list[bytes] = []
+    pos, end = 0, len(response)
+    while pos < end:
+        if response[pos] != _METADATA_TAG:  # anything but field 1, length-delimited: the general path
+            payloads, _ = wire.split_request(response)
+            return [_payload_json(payload) for payload in payloads], len(payloads)
+        length, pos = wire.read_varint(response, pos + 1)
+        stop = pos + length
+        if stop > end:
+            raise wire.WireError("a field runs past the end of the message")
+        rendered.append(_payload_json(response[pos:stop]))
+        pos = stop
+    return rendered, len(rendered)
+
+
+def document_size(rendered: Sequence[bytes]) -> int:
+    """The length of the answer body made of ``rendered`` payloads."""
+    return len(b'{"payloads":[]}') + sum(map(len, rendered)) + max(len(rendered) - 1, 0)
+
+
+def document_chunks(rendered: list[bytes], chunk_bytes: int = 256 * 1024) -> Iterator[bytes]:
+    """The answer body of :func:`response_parts`, in chunks of about ``chunk_bytes``: the same bytes
+    as :func:`payloads_document`. Each payload's part is dropped from ``rendered`` once in a chunk."""
+    chunk = [b'{"payloads":[']
+    size = 0
+    for index, part in enumerate(rendered):
+        if index:
+            chunk.append(b",")
+        chunk.append(part)
+        rendered[index] = b""
+        size += len(part)
+        if size >= chunk_bytes:
+            yield b"".join(chunk)
+            chunk, size = [], 0
+    chunk.append(b"]}")
+    yield b"".join(chunk)
 
 
 def payloads_document(payloads: Sequence[bytes]) -> bytes:

@@ -44,8 +44,12 @@ async def serve(
     ssl_context: ssl.SSLContext | None = None,
     reuse_port: bool = False,
 ) -> RunningGateway:
-    """Serve ``app`` on ``host:port``; closes ``upstream`` when it stops, or when binding fails."""
-    runner = web.AppRunner(app, handle_signals=False)
+    """Serve ``app`` on ``host:port``; closes ``upstream`` when it stops, or when binding fails.
+
+    aiohttp's own decompression of request bodies is off: it would inflate a 4 KiB gzip body to
+    megabytes before any handler could refuse it (the app answers 415 to any Content-Encoding).
+    """
+    runner = web.AppRunner(app, handle_signals=False, auto_decompress=False)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_port=reuse_port).start()

@@ -51,6 +51,7 @@ def gateway_settings(config: Config, *, in_process: bool = False) -> GatewaySett
     return GatewaySettings(
         default_namespace=config.default_namespace,
         max_body_bytes=config.gateway_max_body_bytes,
+        max_payloads=config.max_payloads_per_request,
         allowed_origins=config.cors_allowed_origins,
         upstream_timeout=config.gateway_upstream_timeout,
         allowed_hosts=config.gateway_allowed_hosts,
