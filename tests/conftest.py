@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.support.jwks",
     "tests.support.kms_proxy",
     "tests.support.storage",
+    "tests.support.temporal",
 ]

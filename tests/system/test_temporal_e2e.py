@@ -1,0 +1,153 @@
+"""A real Temporal end to end (tests/support/temporal.py): a Python worker with our codec and
+temporalio's S3StorageDriver, the real CLI through our gateway, what the history and the bucket hold."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.message import Message
+from temporalio.api.common.v1 import Payload
+
+from tests.support.storage import boto_s3, objects_in
+from tests.support.temporal import NAMESPACE, TASK_QUEUE, THRESHOLD, SecretWorkflow, TemporalStack
+
+SMALL = {"card": "4242-small-secret-e2e"}
+LARGE = {"card": "4242-large-secret-e2e", "padding": "L" * (THRESHOLD + 40_000)}
+# Over Temporal's 2 MiB limit for one payload (limit.blobSize.error): only offloading lets it in.
+HUGE = {"card": "4242-huge-secret-e2e", "padding": "H" * (2 * 1024 * 1024 + 300_000)}
+REFERENCE_TYPE = b"temporal.api.sdk.v1.ExternalStorageReference"
+
+
+def payloads_in(message: Message) -> Iterator[Payload]:
+    """Every Payload anywhere in a message (history events nest them deeply)."""
+    for described, value in message.ListFields():
+        if described.message_type is None:
+            continue
+        if described.message_type.GetOptions().map_entry:
+            items = list(value.values())
+        elif described.is_repeated:
+            items = list(value)
+        else:
+            items = [value]
+        for item in items:
+            if isinstance(item, Payload):
+                yield item
+            elif isinstance(item, Message):
+                yield from payloads_in(item)
+
+
+def history_payloads(stack: TemporalStack, workflow_id: str) -> list[Payload]:
+    assert stack.client is not None
+    history = stack.run(stack.client.get_workflow_handle(workflow_id).fetch_history())
+    return [payload for event in history.events for payload in payloads_in(event)]
+
+
+def run_secret_workflow(stack: TemporalStack) -> tuple[str, dict[str, Any]]:
+    assert stack.client is not None
+    workflow_id = f"secret-{uuid.uuid4().hex[:8]}"
+    result = stack.run(
+        stack.client.execute_workflow(SecretWorkflow.run, args=[SMALL, LARGE], id=workflow_id, task_queue=TASK_QUEUE)
+    )
+    return workflow_id, result
+
+
+def assert_only_ciphertext_and_references(payloads: list[Payload]) -> None:
+    kinds = set()
+    for payload in payloads:
+        wire = payload.SerializeToString()
+        assert b"4242" not in wire and b"LLLLLLLL" not in wire and b"HHHHHHHH" not in wire
+        if payload.metadata.get("messageType") == REFERENCE_TYPE:
+            kinds.add("reference")
+            assert payload.external_payloads[0].size_bytes >= THRESHOLD
+        else:
+            assert payload.metadata["encoding"] == b"binary/encrypted", payload.metadata
+            kinds.add("encrypted")
+    assert kinds == {"reference", "encrypted"}
+
+
+def test_python_worker_with_the_s3_driver_keeps_only_ciphertext(temporal_stack: TemporalStack):
+    workflow_id, result = run_secret_workflow(temporal_stack)
+
+    assert result == {
+        "small": SMALL,
+        "sealed": {"sealed": LARGE["card"], "length": len(LARGE["padding"])},
+        "echo": LARGE,
+    }
+    payloads = history_payloads(temporal_stack, workflow_id)
+    assert_only_ciphertext_and_references(payloads)
+    # Three references: the workflow's large input, the activity's input, the workflow's result.
+    assert sum(p.metadata.get("messageType") == REFERENCE_TYPE for p in payloads) == 3
+    stored = objects_in(boto_s3(temporal_stack.s3_endpoint), temporal_stack.bucket)
+    mine = {key: data for key, data in stored.items() if f"/wi/{workflow_id}/" in key}
+    assert len(mine) == 3
+    for key, data in mine.items():
+        assert key.startswith(f"v0/ns/{NAMESPACE}/")
+        assert b"4242" not in data and b"LLLLLLLL" not in data
+        assert Payload.FromString(data).metadata["encoding"] == b"binary/encrypted"
+
+
+def test_cli_workflow_show_resolves_and_decodes_both(temporal_stack: TemporalStack):
+    workflow_id, _ = run_secret_workflow(temporal_stack)
+
+    shown = temporal_stack.cli("workflow", "show", "--workflow-id", workflow_id, "--output", "json")
+
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    payloads = list(json_payloads(json.loads(shown.stdout)))
+    encodings = {base64.b64decode(p["metadata"]["encoding"]) for p in payloads}
+    assert encodings == {b"json/plain"}  # every payload decoded, every reference resolved
+    values = [json.loads(base64.b64decode(p["data"])) for p in payloads]
+    assert SMALL in values and LARGE in values
+    assert {
+        "small": SMALL,
+        "sealed": {"sealed": LARGE["card"], "length": len(LARGE["padding"])},
+        "echo": LARGE,
+    } in values
+
+
+def json_payloads(document: Any) -> Iterator[dict[str, Any]]:
+    """Every payload ({"metadata": …, "data": …}) in a JSON document."""
+    if isinstance(document, dict):
+        if "metadata" in document and "encoding" in document["metadata"]:
+            yield document
+            return
+        for value in document.values():
+            yield from json_payloads(value)
+    elif isinstance(document, list):
+        for value in document:
+            yield from json_payloads(value)
+
+
+def test_cli_workflow_start_offloads_a_large_input(temporal_stack: TemporalStack, tmp_path: Path):
+    workflow_id = f"cli-{uuid.uuid4().hex[:8]}"
+    small_file, large_file = tmp_path / "small.json", tmp_path / "large.json"
+    small_file.write_text(json.dumps(SMALL))
+    large_file.write_text(json.dumps(HUGE))
+
+    started = temporal_stack.cli(
+        "workflow",
+        "start",
+        "--type",
+        "SecretWorkflow",
+        "--task-queue",
+        TASK_QUEUE,
+        "--workflow-id",
+        workflow_id,
+        "--input-file",
+        str(small_file),
+        "--input-file",
+        str(large_file),
+    )
+
+    assert started.returncode == 0, started.stderr[-3000:]
+    assert temporal_stack.client is not None
+    result = temporal_stack.run(temporal_stack.client.get_workflow_handle(workflow_id).result())
+    assert result["echo"] == HUGE and result["small"] == SMALL
+    first = history_payloads(temporal_stack, workflow_id)[:2]  # the WorkflowExecutionStarted input
+    assert first[0].metadata["encoding"] == b"binary/encrypted"
+    assert first[1].metadata["messageType"] == REFERENCE_TYPE
+    assert json.loads(first[1].data)["claimData"]["key"].startswith(f"v0/ns/{NAMESPACE}/d/sha256/")
