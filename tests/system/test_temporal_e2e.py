@@ -3,16 +3,20 @@ temporalio's S3StorageDriver, the real CLI through our gateway, what the history
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from google.protobuf.message import Message
 from temporalio.api.common.v1 import Payload
 
+from tests.support.cdp import chromium_page
 from tests.support.storage import boto_s3, objects_in
 from tests.support.temporal import NAMESPACE, TASK_QUEUE, THRESHOLD, SecretWorkflow, TemporalStack
 
@@ -151,3 +155,55 @@ def test_cli_workflow_start_offloads_a_large_input(temporal_stack: TemporalStack
     assert first[0].metadata["encoding"] == b"binary/encrypted"
     assert first[1].metadata["messageType"] == REFERENCE_TYPE
     assert json.loads(first[1].data)["claimData"]["key"].startswith(f"v0/ns/{NAMESPACE}/d/sha256/")
+
+
+@pytest.fixture
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        pytest.skip("chromium is not installed (CI: apt-get update && apt-get install -y chromium)")
+    return found
+
+
+def test_web_ui_shows_the_small_secret_and_downloads_the_large_one(
+    temporal_stack: TemporalStack, chromium: str, tmp_path: Path
+):
+    workflow_id, _ = run_secret_workflow(temporal_stack)
+    assert temporal_stack.client is not None
+    run_id = temporal_stack.run(temporal_stack.client.get_workflow_handle(workflow_id).describe()).run_id
+    url = f"{temporal_stack.ui_url}/namespaces/{NAMESPACE}/workflows/{workflow_id}/{run_id}/history"
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+
+    shown, files = asyncio.run(browse_and_download(chromium, url, tmp_path, downloads))
+
+    # The workflow page's Input: the small secret decoded, the large one a reference with its size,
+    # whose button (the UI draws it only when the decoded payload is a reference) downloads it.
+    assert SMALL["card"] in shown
+    assert "aws.s3driver" in shown and "LLLLLLLL" not in shown
+    [downloaded] = files
+    assert downloaded.name == f"payload-wf-{workflow_id}-run-{run_id}-input.json"
+    assert json.loads(downloaded.read_text()) == LARGE
+    assert "POST download 200" in temporal_stack.server.wait_for_line("HTTP POST download")
+
+
+async def browse_and_download(chromium: str, url: str, tmp_path: Path, downloads: Path) -> tuple[str, list[Path]]:
+    async with chromium_page(chromium, tmp_path / "profile", downloads) as page:
+        try:
+            await page.send("Page.navigate", url=url)
+            await page.wait_for(f"document.body.innerText.includes({json.dumps(SMALL['card'])})", timeout=40)
+            await page.wait_for(CLICK_FIRST_DOWNLOAD, timeout=20)
+            await page.wait_for_files(downloads, timeout=30)
+            return await page.text(), sorted(downloads.iterdir())
+        except BaseException:
+            await page.screenshot(tmp_path / "ui.png")  # for a person to look at: pytest keeps tmp_path
+            raise
+
+
+# The size button next to the first payload stored externally (the workflow's input).
+CLICK_FIRST_DOWNLOAD = """(() => {
+  const button = [...document.querySelectorAll('button')].find((b) => /^\\s*[0-9.]+ (KB|MB)\\s*$/.test(b.innerText));
+  if (!button || button.disabled) return false;
+  button.click();
+  return true;
+})()"""
