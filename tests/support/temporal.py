@@ -201,7 +201,7 @@ def temporal_stack(kms_endpoint: str, tmp_path_factory: pytest.TempPathFactory) 
         loop=loop,
         env=_cli_env(home),
     )
-    worker_task: Future[None] | None = None
+    worker: Worker | None = None
     try:
         wait_for_port(ports["gateway"], timeout=START_TIMEOUT, proc=server.proc)
         wait_for_port(ports["frontend"], timeout=START_TIMEOUT, proc=dev)
@@ -216,13 +216,15 @@ def temporal_stack(kms_endpoint: str, tmp_path_factory: pytest.TempPathFactory) 
             activities=[seal],
             workflow_runner=UnsandboxedWorkflowRunner(),
         )
-        worker_task = asyncio.run_coroutine_threadsafe(worker.run(), loop)
+        running = asyncio.run_coroutine_threadsafe(worker.run(), loop)
         yield stack
+        stack.run(worker.shutdown(), timeout=30)
+        running.result(timeout=30)
     finally:
-        if worker_task is not None:
-            worker_task.cancel()
         _stop(dev)
         server.kill()
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=30)
+        if not thread.is_alive():
+            loop.close()
         shutil.rmtree(home, ignore_errors=True)

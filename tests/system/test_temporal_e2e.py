@@ -7,6 +7,8 @@ import asyncio
 import base64
 import json
 import shutil
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +17,11 @@ from typing import Any
 import pytest
 from google.protobuf.message import Message
 from temporalio.api.common.v1 import Payload
+from temporalio.client import WorkflowFailureError
+from temporalio.exceptions import ApplicationError
 
 from tests.support.cdp import chromium_page
+from tests.support.paths import ROOT
 from tests.support.storage import boto_s3, objects_in
 from tests.support.temporal import NAMESPACE, TASK_QUEUE, THRESHOLD, SecretWorkflow, TemporalStack
 
@@ -207,3 +212,88 @@ CLICK_FIRST_DOWNLOAD = """(() => {
   button.click();
   return true;
 })()"""
+
+
+TS_PACKAGE = ROOT / "clients" / "typescript"
+TS_TASK_QUEUE = "secrets-ts"
+
+
+@pytest.fixture(scope="module")
+def typescript_worker(temporal_stack: TemporalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """clients/typescript/e2e/worker.ts: a real TypeScript worker (@temporalio/worker 1.24) with our codec."""
+    npm = shutil.which("npm")
+    if npm is None or not (TS_PACKAGE / "node_modules" / "@temporalio" / "worker").is_dir():
+        pytest.fail("the TypeScript worker needs npm and `npm ci --prefix clients/typescript` (make install does it)")
+    tsc = TS_PACKAGE / "node_modules" / ".bin" / "tsc"
+    built = subprocess.run(
+        [str(tsc), "-p", "tsconfig.e2e.json"], cwd=TS_PACKAGE, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    log = tmp_path_factory.mktemp("ts-worker") / "worker.log"
+    env = {
+        **temporal_stack.env,
+        "TEMPORAL_ADDRESS": temporal_stack.address,
+        "TEMPORAL_NAMESPACE": NAMESPACE,
+        "TASK_QUEUE": TS_TASK_QUEUE,
+        "CODEC_SERVER_TARGET": temporal_stack.codec_target,
+        "CODEC_PROTO_PATH": str(ROOT / "protos" / "codec_grpc" / "v1" / "codec.proto"),
+    }
+    with log.open("w") as output:
+        worker = subprocess.Popen(
+            ["node", "build-e2e/e2e/worker.js"], cwd=TS_PACKAGE, env=env, stdout=output, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while "READY" not in log.read_text():
+            assert worker.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        yield
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait(timeout=30)
+
+
+def test_typescript_worker_with_our_codec_serves_a_python_client(temporal_stack: TemporalStack, typescript_worker):
+    client = temporal_stack.client
+    assert client is not None
+    workflow_id = f"ts-{uuid.uuid4().hex[:8]}"
+
+    result = temporal_stack.run(
+        client.execute_workflow("tsSecretWorkflow", SMALL, id=workflow_id, task_queue=TS_TASK_QUEUE)
+    )
+
+    assert result == {"echo": SMALL, "by": "typescript"}
+    payloads = history_payloads(temporal_stack, workflow_id)
+    assert len(payloads) == 2
+    for payload in payloads:
+        assert payload.metadata["encoding"] == b"binary/encrypted"
+        assert b"4242" not in payload.SerializeToString()
+    shown = temporal_stack.cli("workflow", "show", "--workflow-id", workflow_id, "--output", "json")
+    values = [json.loads(base64.b64decode(p["data"])) for p in json_payloads(json.loads(shown.stdout))]
+    assert values == [SMALL, {"echo": SMALL, "by": "typescript"}]
+
+
+def test_typescript_worker_encrypts_failure_messages(temporal_stack: TemporalStack, typescript_worker):
+    client = temporal_stack.client
+    assert client is not None
+    workflow_id = f"ts-declined-{uuid.uuid4().hex[:8]}"
+
+    with pytest.raises(WorkflowFailureError) as failed:
+        temporal_stack.run(
+            client.execute_workflow("tsDeclinedWorkflow", SMALL, id=workflow_id, task_queue=TS_TASK_QUEUE)
+        )
+
+    # Our Python client decrypts what the TypeScript worker encrypted: message included.
+    cause = failed.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.message == f"card {SMALL['card']} declined"
+    assert cause.type == "PaymentDeclined"
+    assert temporal_stack.client is not None
+    history = temporal_stack.run(temporal_stack.client.get_workflow_handle(workflow_id).fetch_history())
+    assert b"4242" not in b"".join(event.SerializeToString() for event in history.events)
+    assert b"Encoded failure" in history.events[-1].SerializeToString()
