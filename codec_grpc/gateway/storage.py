@@ -46,10 +46,12 @@ from codec_grpc.storage.store import PayloadStore
 
 log = logging.getLogger(__name__)
 
+# A missing object is 400, not 404: the Web UI reads a 404 from /download as "this codec server has no
+# /download" and says so, which would send a person looking in the wrong place.
 STATUS: Mapping[type[StorageError], int] = {
     StorageReferenceError: 400,
     StorageForbiddenError: 403,
-    StoredPayloadNotFoundError: 404,
+    StoredPayloadNotFoundError: 400,
     StorageLimitError: 413,
     StorageUnavailableError: 503,
 }

@@ -9,7 +9,7 @@ payload contents. The gateway gives each its HTTP status in one place
         ├── StorageReferenceError      not a reference we can read           400
         │   └── IntegrityError         SHA-256 differs from the claim's      400
         ├── StorageForbiddenError      bucket not allowed, other namespace   403
-        ├── StoredPayloadNotFoundError no such object (lifecycle expiry?)    404
+        ├── StoredPayloadNotFoundError no such object (lifecycle expiry?)    400 (a 404 means no /download to the UI)
         ├── StorageLimitError          over a configured limit               413
         └── StorageUnavailableError    S3 unreachable, throttled, denied     503
 """
