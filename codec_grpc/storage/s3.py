@@ -88,12 +88,19 @@ class S3Objects:
                 raise _unreachable("GetObject", claim, exc) from None
             body = answer["Body"]
             try:
-                size = int(answer.get("ContentLength") or 0)
-                if size > max_bytes:
-                    outcome = "too_large"
-                    raise ObjectTooLarge(size)
-                reserve(size)
-                data = self._read(body, size, max_bytes, claim)
+                announced = answer.get("ContentLength")
+                outcome = "too_large"  # a limit refuses it (ObjectTooLarge, or ``reserve`` raising)
+                if announced is not None:
+                    if int(announced) > max_bytes:
+                        raise ObjectTooLarge(int(announced))
+                    reserve(int(announced))
+                outcome = "unavailable"
+                data = self._read(body, announced, max_bytes, claim)
+                outcome = "too_large"
+                if len(data) > max_bytes:
+                    raise ObjectTooLarge(len(data))
+                if announced is None:
+                    reserve(len(data))
             finally:
                 body.close()
             outcome, size = "success", len(data)
@@ -117,14 +124,12 @@ class S3Objects:
         finally:
             self._observe("PutObject", outcome, started, len(data) if outcome == "success" else 0)
 
-    def _read(self, body: Any, size: int, max_bytes: int, claim: S3Claim) -> bytes:
+    def _read(self, body: Any, announced: Any, max_bytes: int, claim: S3Claim) -> bytes:
         try:
             data = body.read(max_bytes + 1)  # never more than the limit, whatever ContentLength said
         except (botocore.exceptions.BotoCoreError, OSError) as exc:
             raise _unreachable("GetObject", claim, exc) from None
-        if len(data) > max_bytes:
-            raise ObjectTooLarge(len(data))
-        if len(data) != size:
+        if announced is not None and len(data) != int(announced) and len(data) <= max_bytes:
             raise StorageUnavailableError(f"S3 GetObject on {claim}: the answer was cut short; retry later")
         return cast(bytes, data)
 
