@@ -9,6 +9,9 @@ the tests check it with import-linter: ``[tool.importlinter]`` in pyproject.toml
   other, each a thin layer over the service;
 * ``service``: Encode, Decode and Stats on serialized bytes, for an authenticated
   caller: splitting, limits, namespace, authorization, errors and their status codes;
+* ``storage``, beside ``service`` (neither imports the other): External Storage,
+  references and their S3 objects, retrieved and offloaded within limits; with
+  ``kms``, the only importer of boto3 and botocore;
 * ``access``: who may do what: callers, bearer-token verification, the access
   policy (token claims and the policy file); the transports authenticate with it;
 * ``core``: pure: the payload format, protobuf wire helpers, ``EnvelopeCodec``,

@@ -8,6 +8,8 @@
   (reference path, every error's wording): JSON bodies to and from the wire format;
 * :mod:`~codec_grpc.gateway.auth`: optional bearer tokens;
 * :mod:`~codec_grpc.gateway.upstreams`: the codec service in this process, or over gRPC;
+* :mod:`~codec_grpc.gateway.storage`: External Storage on the codec routes: references
+  resolved, kept (``?preserveStorageRefs=true``), downloaded, and large payloads offloaded;
 * :mod:`~codec_grpc.gateway.runner`: serving it on a port, on a thread of its own.
 """
 

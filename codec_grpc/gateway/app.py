@@ -9,10 +9,12 @@ path prefix; the query string is ignored):
 
     POST …/encode, POST …/decode      {"payloads": [...]} in and out
     POST /{namespace}/encode|decode   namespace from the path when X-Namespace is absent
-    POST …/download                   404: no external storage here
+    POST …/download                   one stored payload, decoded (404 without external storage)
     GET  /health                      200 only when the codec service is SERVING
     GET  /stats                       key-cache and KMS counters (never key material)
 
+With external storage (``storage``), encode, decode and download go through
+``codec_grpc.gateway.storage``, which reads ``?preserveStorageRefs=true``.
 Serving it (a port, a thread, a process) is ``codec_grpc.gateway.runner``'s.
 """
 
@@ -42,6 +44,7 @@ from codec_grpc.gateway.jsonwire import (
     response_parts,
 )
 from codec_grpc.gateway.statuses import FAILED, HttpError
+from codec_grpc.gateway.storage import PRESERVE_QUERY, StorageRoutes
 from codec_grpc.gateway.upstreams import OFF_LOOP_BYTES, Credentials, Upstream
 from codec_grpc.service import visible_stats
 
@@ -84,15 +87,24 @@ def create_app(
     verifier: TokenVerifier | None = None,
     metrics: RequestMetrics | None = None,
     access: AccessPolicy | None = None,
+    *,
+    storage: StorageRoutes | None = None,
 ) -> web.Application:
     """The aiohttp application; every answer passes through the CORS/error middleware, and is
     logged (one access line) and counted (when ``metrics`` is given). Without a ``verifier`` every
-    caller is anonymous; ``access`` (default: no policy) authorizes callers."""
-    routes = _Routes(settings, upstream, verifier, access or AccessPolicy())
+    caller is anonymous; ``access`` (default: no policy) authorizes callers; ``storage`` (default:
+    none) makes the codec routes resolve and offload External Storage payloads."""
+    routes = _Routes(settings, upstream, verifier, access or AccessPolicy(), storage)
     # Outermost: sees the final status of every answer.
     middlewares = [_observed(metrics), _cors_and_errors(settings.allowed_origins)]
     app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
     app.router.add_route("*", "/{path:.*}", routes.dispatch)
+    if storage is not None:
+
+        async def close_storage(_: web.Application) -> None:
+            storage.close()
+
+        app.on_cleanup.append(close_storage)
     return app
 
 
@@ -208,13 +220,19 @@ async def _off_loop(size: int, function: Callable[..., T], *args: Any) -> T:
 
 class _Routes:
     def __init__(
-        self, settings: GatewaySettings, upstream: Upstream, verifier: TokenVerifier | None, access: AccessPolicy
+        self,
+        settings: GatewaySettings,
+        upstream: Upstream,
+        verifier: TokenVerifier | None,
+        access: AccessPolicy,
+        storage: StorageRoutes | None = None,
     ) -> None:
         self._settings = settings
         self._upstream = upstream
         self._verifier = verifier
         self._access = access
         self._limits = BodyLimits(max_payloads=settings.max_payloads)
+        self._storage = storage
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         """Route on the last path segment so that any path prefix works."""
@@ -226,7 +244,7 @@ class _Routes:
             return self._preflight(request)
         if action in ("encode", "decode", "download") and request.method != "POST":
             raise HttpError(405, f"use POST for …/{action}", {"Allow": ALLOW_METHODS})
-        if action in ("encode", "decode"):
+        if action in ("encode", "decode") or (action == "download" and self._storage is not None):
             return await self._codec_call(request, action, segments)
         if action == "download":
             raise HttpError(404, "external storage is not configured on this codec server: nothing to download")
@@ -267,7 +285,7 @@ class _Routes:
         _check_identity_encoding(request)
         namespace = self._namespace(request, segments)
         request[_NOTE].namespace = namespace
-        credentials = await self._authorize(request, action, namespace)
+        credentials = await self._authorize(request, "decode" if action == "download" else action, namespace)
         body = await self._read_body(request)
         try:
             # The bytearray is emptied once decoded: a large body is not held while it is parsed.
@@ -277,9 +295,7 @@ class _Routes:
         except BodyError as exc:
             raise HttpError(400, str(exc)) from None
         del body
-        response = await self._upstream.call(
-            action.capitalize(), request_wire, self._settings.upstream_timeout, credentials
-        )
+        response = await self._call(request, action, request_wire, namespace, credentials)
         del request_wire  # a large batch's copies go as soon as they are done with (memory peak)
         try:
             if len(response) <= OFF_LOOP_BYTES:
@@ -293,6 +309,23 @@ class _Routes:
             raise HttpError(*FAILED) from None
         del response
         return web.Response(body=_ChunkedAnswer(rendered), content_type="application/json")
+
+    async def _call(
+        self, request: web.Request, action: str, request_wire: bytes, namespace: str, credentials: Credentials
+    ) -> bytes:
+        timeout = self._settings.upstream_timeout
+        if self._storage is None:
+            return await self._upstream.call(action.capitalize(), request_wire, timeout, credentials)
+        preserve = request.query.get(PRESERVE_QUERY, "").lower() == "true"
+        return await self._storage.call(
+            self._upstream,
+            action,
+            request_wire,
+            namespace=namespace,
+            timeout=timeout,
+            credentials=credentials,
+            preserve_refs=preserve,
+        )
 
     def _namespace(self, request: web.Request, segments: list[str]) -> str:
         """X-Namespace, else the path form /{namespace}/{action}, else DEFAULT_NAMESPACE."""

@@ -124,6 +124,25 @@ def parse_http_url(text: str) -> str | None:
     return value or None
 
 
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$|^arn:[a-z-]+:s3[a-z-]*:[^\s,]*$")
+
+
+def parse_bucket(text: str) -> str | None:
+    value = text.strip()
+    if value and not _BUCKET_RE.match(value):
+        raise ValueError(f"expected an S3 bucket name (my-temporal-payloads) or access point ARN, got {text!r}")
+    return value or None
+
+
+def parse_buckets(text: str) -> frozenset[str]:
+    return frozenset(filter(None, (parse_bucket(part) for part in text.split(","))))
+
+
+def parse_optional_int(low: int, high: int) -> Callable[[str], int | None]:
+    parse = parse_int(low, high)
+    return lambda text: parse(text) if text.strip() else None
+
+
 def parse_claim_name(text: str) -> str:
     value = text.strip()
     if not value or any(c.isspace() for c in value):
@@ -388,6 +407,49 @@ SETTINGS: tuple[Setting, ...] = (
         parse_origins,
         "browser origins allowed to call the gateway with credentials, comma-separated (https://ui.example.com)",
     ),
+    # External Storage (codec_grpc.storage): payloads Temporal's SDKs keep in S3, for the gateway's routes.
+    Setting(
+        "EXTERNAL_STORAGE_BUCKETS",
+        "",
+        parse_buckets,
+        "S3 buckets the gateway may read External Storage payloads from, comma-separated; a reference to "
+        "another bucket is refused (403) before any S3 call. Unset: references are not resolved, /download is 404",
+    ),
+    Setting(
+        "EXTERNAL_STORAGE_BUCKET",
+        "",
+        parse_bucket,
+        "bucket /encode offloads large payloads to (one of EXTERNAL_STORAGE_BUCKETS; with EXTERNAL_STORAGE_THRESHOLD)",
+    ),
+    Setting(
+        "EXTERNAL_STORAGE_THRESHOLD",
+        "",
+        parse_optional_int(0, 2**31 - 1),
+        "/encode stores encoded payloads of at least this many bytes in EXTERNAL_STORAGE_BUCKET and answers a "
+        "reference (the SDK's default threshold is 262144); unset: no offloading",
+    ),
+    Setting(
+        "EXTERNAL_STORAGE_MAX_BYTES",
+        str(16 * 1024 * 1024),
+        parse_int(1024, 2**31 - 1),
+        "most bytes of stored payloads one request retrieves; more get 413",
+    ),
+    Setting(
+        "EXTERNAL_STORAGE_MAX_REFERENCES",
+        "100",
+        parse_int(1, 100_000),
+        "most references one request resolves, or payloads one request offloads; more get 413",
+    ),
+    Setting(
+        "EXTERNAL_STORAGE_MAX_CONCURRENCY",
+        "8",
+        parse_int(1, 256),
+        "S3 requests in flight at once, per process (the others wait)",
+    ),
+    Setting("AWS_ENDPOINT_URL_S3", "", parse_optional, "S3 endpoint URL (default: AWS's, per region)"),
+    Setting("S3_CONNECT_TIMEOUT", "2", parse_seconds(0.01, 300), "seconds to connect to S3"),
+    Setting("S3_READ_TIMEOUT", "10", parse_seconds(0.01, 300), "seconds to wait for S3 to answer or send more bytes"),
+    Setting("S3_MAX_ATTEMPTS", "3", parse_int(1, 20), "S3 attempts per request, first included (botocore retries)"),
     Setting("AUTH_JWKS_URL", "", parse_http_url, "JWKS URL of the identity provider; set to require Bearer tokens"),
     Setting("AUTH_ISSUER", "", parse_optional, "required 'iss' of access tokens (with AUTH_JWKS_URL)"),
     Setting("AUTH_AUDIENCE", "", parse_audiences, "accepted 'aud' values of access tokens, comma-separated"),
@@ -538,6 +600,16 @@ class Config:
     gateway_max_body_bytes: int
     gateway_upstream_timeout: float
     cors_allowed_origins: frozenset[str]
+    external_storage_buckets: frozenset[str]
+    external_storage_bucket: str | None
+    external_storage_threshold: int | None
+    external_storage_max_bytes: int
+    external_storage_max_references: int
+    external_storage_max_concurrency: int
+    aws_endpoint_url_s3: str | None
+    s3_connect_timeout: float
+    s3_read_timeout: float
+    s3_max_attempts: int
     auth_jwks_url: str | None
     auth_issuer: str | None
     auth_audience: tuple[str, ...]
@@ -626,6 +698,7 @@ def _check_consistency(config: Config) -> None:
             f"got {config.data_key_max_encryptions}",
         )
     _check_auth(config)
+    _check_external_storage(config)
     if not config.namespace_binding and config.auth_namespaces_claim:
         # Without binding a payload of any namespace decodes under a permitted one: the grant means nothing.
         # (A policy file that limits namespaces is refused alike when it is read: runtime.access.)
@@ -685,6 +758,20 @@ def _check_auth(config: Config) -> None:
         for name, value in wanted.items():
             if not value:
                 raise ConfigError(name, "must be set when any of AUTH_JWKS_URL, AUTH_ISSUER, AUTH_AUDIENCE is set")
+
+
+def _check_external_storage(config: Config) -> None:
+    """Offloading needs both its settings, and a bucket the gateway may read back."""
+    bucket, threshold = config.external_storage_bucket, config.external_storage_threshold
+    if (bucket is None) != (threshold is None):
+        names = ["EXTERNAL_STORAGE_BUCKET", "EXTERNAL_STORAGE_THRESHOLD"]
+        missing, given = names if bucket is None else names[::-1]
+        raise ConfigError(missing, f"must be set together with {given} (offloading by /encode)")
+    if bucket is not None and bucket not in config.external_storage_buckets:
+        raise ConfigError(
+            "EXTERNAL_STORAGE_BUCKET",
+            f"{bucket!r} must be one of EXTERNAL_STORAGE_BUCKETS, or the references /encode writes could not be read",
+        )
 
 
 def _check_pair(cert_name: str, cert: str | None, key_name: str, key: str | None) -> None:

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 from codec_grpc.access import AccessPolicy, TokenVerifier
 from codec_grpc.errors import ConfigError
 from codec_grpc.gateway import GatewaySettings, GatewayThread, GrpcUpstream, RunningGateway, Upstream, create_app, serve
+from codec_grpc.gateway.storage import StorageRoutes
 from codec_grpc.runtime.access import (
     access_policy,
     token_verifier,
@@ -40,6 +41,7 @@ from codec_grpc.runtime.metrics import (
     start_metrics_server,
     unauthenticated_gauge,
 )
+from codec_grpc.runtime.storage import external_storage
 from codec_grpc.runtime.tls import gateway_ssl_context, gateway_upstream_credentials
 
 log = logging.getLogger(__name__)
@@ -76,13 +78,15 @@ async def start_gateway(
     upstream: str | Upstream,
     registry: CollectorRegistry | None = None,
     access: GatewayAccess | None = None,
+    storage: StorageRoutes | None = None,
 ) -> RunningGateway:
     """Serve the gateway on GATEWAY_HOST:PORT in front of ``upstream``: the gRPC service at that
     target, or the given upstream (the gateway closes it when it stops or fails to bind).
 
     HTTPS when the gateway or gRPC TLS settings say so; TLS to a gRPC target when
     CODEC_GRPC_CA_FILE is set; request metrics into ``registry`` when given; callers checked by
-    ``access`` (default: built from the configuration).
+    ``access`` (default: built from the configuration); External Storage by ``storage`` (default: built
+    from the configuration, none without EXTERNAL_STORAGE_BUCKETS).
     """
     ssl_context = gateway_ssl_context(config)  # a bad setting fails here, before anything is opened
     access = access or GatewayAccess.from_config(config)
@@ -91,7 +95,8 @@ async def start_gateway(
         upstream = GrpcUpstream(upstream, gateway_upstream_credentials(config), config.codec_grpc_server_name)
     metrics = GatewayMetrics(registry) if registry is not None else None
     settings = gateway_settings(config, in_process=in_process)
-    app = create_app(settings, upstream, access.verifier, metrics, access.policy)
+    storage = storage or external_storage(config, registry)
+    app = create_app(settings, upstream, access.verifier, metrics, access.policy, storage=storage)
     # WORKERS > 1: every worker process serves the gateway on the same port.
     return await serve(
         app, upstream, config.gateway_host, config.port, ssl_context=ssl_context, reuse_port=config.workers > 1
@@ -103,9 +108,10 @@ def gateway_thread(
     upstream: str | Upstream,
     registry: CollectorRegistry | None = None,
     access: GatewayAccess | None = None,
+    storage: StorageRoutes | None = None,
 ) -> GatewayThread:
     """:func:`start_gateway` on an event loop of its own thread; ``start()`` it."""
-    return GatewayThread(lambda: start_gateway(config, upstream, registry, access))
+    return GatewayThread(lambda: start_gateway(config, upstream, registry, access, storage))
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:

@@ -15,6 +15,8 @@ feed these through hooks and small interfaces, and import no Prometheus code:
   :class:`KeyCacheCollector`), read from the key manager's ``stats()`` at scrape
   time: no state is copied or can go stale.
 * HTTP gateway requests (:class:`GatewayMetrics`, the gateway's ``RequestMetrics``).
+* External Storage (:class:`StorageMetrics`, fed by the storage layer's hooks): S3
+  requests, bytes, latency, refused references.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ __all__ = [
     "GrpcMetrics",
     "KeyCacheCollector",
     "KmsMetrics",
+    "StorageMetrics",
     "new_registry",
     "start_metrics_server",
 ]
@@ -439,3 +442,59 @@ class GatewayMetrics:
             self._children[(route, method, status)] = children
         children[0].inc()
         children[1].observe(seconds)
+
+
+class StorageMetrics:
+    """External Storage: S3 requests by operation and outcome, their latency and bytes, and references
+    refused before any S3 request (by reason).
+
+    Pass :meth:`observe` as ``codec_grpc.storage.S3Objects``'s ``observer`` and :meth:`refused` as
+    ``PayloadStore``'s ``refused``. Every outcome and reason series exists from the start, at 0.
+    """
+
+    OPERATIONS = ("GetObject", "PutObject")
+
+    def __init__(self, registry: CollectorRegistry, outcomes: tuple[str, ...], reasons: tuple[str, ...]) -> None:
+        self.requests = Counter(
+            f"{PREFIX}_s3_requests",
+            "S3 requests of External Storage by operation (GetObject, PutObject) and outcome "
+            "(success, not_found, access_denied, unavailable, too_large, error).",
+            ("operation", "outcome"),
+            registry=registry,
+        )
+        self.latency = Histogram(
+            f"{PREFIX}_s3_request_duration_seconds",
+            "Duration of S3 requests, botocore retries and reading the object included.",
+            ("operation",),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.bytes = Counter(
+            f"{PREFIX}_s3_bytes",
+            "Bytes of stored payloads retrieved (GetObject) and offloaded (PutObject).",
+            ("operation",),
+            registry=registry,
+        )
+        self.refusals = Counter(
+            f"{PREFIX}_storage_references_refused",
+            "External Storage references refused, by reason (bucket, namespace, malformed, integrity, "
+            "too_large, too_many); bucket, namespace, malformed and too_many before any S3 request.",
+            ("reason",),
+            registry=registry,
+        )
+        for operation in self.OPERATIONS:
+            self.latency.labels(operation)
+            self.bytes.labels(operation)
+            for outcome in outcomes:
+                self.requests.labels(operation, outcome)
+        for reason in reasons:
+            self.refusals.labels(reason)
+
+    def observe(self, operation: str, outcome: str, seconds: float, size: int) -> None:
+        self.requests.labels(operation, outcome).inc()
+        self.latency.labels(operation).observe(seconds)
+        if size:
+            self.bytes.labels(operation).inc(size)
+
+    def refused(self, reason: str) -> None:
+        self.refusals.labels(reason).inc()

@@ -14,7 +14,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from codec_grpc.keys import KeyStats
-from codec_grpc.runtime.metrics import GatewayMetrics, GrpcMetrics, KeyCacheCollector, KmsMetrics
+from codec_grpc.runtime.metrics import GatewayMetrics, GrpcMetrics, KeyCacheCollector, KmsMetrics, StorageMetrics
+from codec_grpc.storage.s3 import OUTCOMES
+from codec_grpc.storage.store import REFUSALS
 from tests.support.fakes import current_key
 from tests.support.paths import ROOT
 
@@ -32,6 +34,7 @@ def exposed_metric_names() -> set[str]:
     grpc_metrics.payloads_processed("Encode", 1, 10, 20)
     KmsMetrics(registry).observe("Decrypt", "success", 0.01)
     GatewayMetrics(registry).observe("decode", "POST", 200, 0.01)
+    StorageMetrics(registry, OUTCOMES, REFUSALS).observe("GetObject", "success", 0.01, 100)
     current = current_key("alias/a", "ns", age=1.0, expires_in=2.0, expired=False, encryptions=1)
     KeyCacheCollector(lambda: KeyStats(1, [current], 0, 0, 0, 0, 0, 0, 1), registry)
     text = generate_latest(registry).decode()
@@ -116,7 +119,7 @@ def test_the_alerts_table_names_exactly_the_chart_rules():
 def test_the_metrics_table_matches_what_is_exposed():
     names = exposed_metric_names()
     section = OPERATIONS.read_text().split("## Metrics", 1)[1].split("\n## ", 1)[0]
-    documented = set(re.findall(r"^\| `([a-z_]+)`", section, re.M))
+    documented = set(re.findall(r"^\| `([a-z0-9_]+)`", section, re.M))
     families = {re.sub(r"_(bucket|count|sum)$", "", name) for name in names if not name.endswith("_created")}
     ours = {name for name in families if name.startswith(("temporal_codec_", "grpc_server_"))}
     assert documented == ours

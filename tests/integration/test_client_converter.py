@@ -14,7 +14,7 @@ import json
 
 import pytest
 from google.protobuf import json_format
-from temporal_codec_client import RemotePayloadCodec
+from temporal_codec_client import RemotePayloadCodec, data_converter
 from temporalio.api.common.v1 import Payload, Payloads
 from temporalio.api.failure.v1 import Failure
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
@@ -53,12 +53,11 @@ def server(start_gateway) -> Gateway:
 
 
 def worker_converter(target: str) -> DataConverter:
-    """The wiring docs/workers.md shows: the default converter plus our codec."""
-    return dataclasses.replace(
-        DataConverter.default,
-        payload_codec=RemotePayloadCodec(target, namespace=NAMESPACE),
-        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
-    )
+    """The wiring docs/workers.md shows: the default converter, our codec, failures encrypted too."""
+    converter = data_converter(target, namespace=NAMESPACE)
+    assert isinstance(converter.payload_codec, RemotePayloadCodec)
+    assert converter.failure_converter_class is DefaultFailureConverterWithEncodedAttributes
+    return converter
 
 
 def service_view(server: Gateway, payloads: list[Payload]) -> list[codec_pb2.Payload]:

@@ -17,12 +17,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from codec_grpc.gateway import GatewayThread
 from codec_grpc.gateway.upstreams import Credentials
 from codec_grpc.runtime.gateway_process import GatewayAccess, gateway_thread
+from codec_grpc.runtime.storage import external_storage
 from codec_grpc.runtime.wiring import CodecApp, in_process_upstream
 from codec_grpc.v1 import codec_pb2
+from tests.support.fixtures import TEST_CREDENTIALS
 
 UI_ORIGIN = "http://ui.example.test:8080"
 UPSTREAM_MODES = ("in-process", "grpc")
@@ -103,6 +106,7 @@ class Gateway:
     alias: str
     arn: str
     in_process: InProcess | None = None  # None: the gateway calls gRPC
+    registry: CollectorRegistry | None = None  # the gateway's metrics (and its storage's)
 
     def request(
         self,
@@ -173,9 +177,13 @@ def start_gateway(
             assert target is None, "a gRPC target needs upstream_mode 'grpc'"
             in_process = InProcess(running.app)
         access = GatewayAccess(running.app.verifier, running.app.access)
-        thread = gateway_thread(running.app.config, in_process or target or running.target, access=access)
+        config = running.app.config
+        registry = CollectorRegistry()
+        # Built here only to give it test credentials; without EXTERNAL_STORAGE_BUCKETS it is None.
+        storage = external_storage(config, registry, **TEST_CREDENTIALS)
+        thread = gateway_thread(config, in_process or target or running.target, registry, access, storage)
         threads.append(thread)
-        return Gateway(thread.start(), running, alias, arn, in_process)
+        return Gateway(thread.start(), running, alias, arn, in_process, registry)
 
     yield start
     for thread in threads:

@@ -80,6 +80,17 @@ GATEWAY_SETTINGS = {
     "GATEWAY_ALLOWED_HOSTS",
     "GATEWAY_MAX_BODY_BYTES",
     "GATEWAY_UPSTREAM_TIMEOUT",
+    # External Storage: the gateway resolves references (docs/storage.md)
+    "EXTERNAL_STORAGE_BUCKETS",
+    "EXTERNAL_STORAGE_BUCKET",
+    "EXTERNAL_STORAGE_THRESHOLD",
+    "EXTERNAL_STORAGE_MAX_BYTES",
+    "EXTERNAL_STORAGE_MAX_REFERENCES",
+    "EXTERNAL_STORAGE_MAX_CONCURRENCY",
+    "AWS_ENDPOINT_URL_S3",
+    "S3_CONNECT_TIMEOUT",
+    "S3_READ_TIMEOUT",
+    "S3_MAX_ATTEMPTS",
 }
 # values.auth: the bearer-token settings of every container.
 AUTH_SETTINGS = {setting.env for setting in SETTINGS if setting.env.startswith("AUTH_")}
@@ -244,6 +255,10 @@ def test_rendered_containers_start(rendered, values):
     assert not config.accept_unbound_payloads
     if values in IN_PROCESS:
         assert config.port == 8081
+    if values == "in-process-all-on":  # gateway.settings reach the server's gateway
+        assert config.external_storage_buckets == {"temporal-payloads", "temporal-payloads-archive"}
+        assert (config.external_storage_bucket, config.external_storage_threshold) == ("temporal-payloads", 262144)
+        assert (config.aws_endpoint_url_s3 or "").endswith(".vpce.amazonaws.com") and config.s3_read_timeout == 20
         assert not {name for name in env if name.startswith("CODEC_GRPC_")}  # it makes no gRPC calls
     if values == "all-on":
         assert dict(config.namespace_key_aliases) == {"billing": "alias/billing", "payments": "alias/payments"}

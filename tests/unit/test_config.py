@@ -110,3 +110,48 @@ def test_help_documents_every_setting() -> None:
     for setting in SETTINGS:
         assert setting.flag in text, setting.env
         assert f"env {setting.env}," in text, setting.env
+
+
+def test_external_storage_is_off_by_default_and_read_when_set() -> None:
+    config = load_config({})
+    assert config.external_storage_buckets == frozenset()
+    assert (config.external_storage_bucket, config.external_storage_threshold) == (None, None)
+    env = {
+        "EXTERNAL_STORAGE_BUCKETS": " payloads-a, payloads-b ",
+        "EXTERNAL_STORAGE_BUCKET": "payloads-a",
+        "EXTERNAL_STORAGE_THRESHOLD": "262_144",
+        "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:5000",
+    }
+    config = load_config(env)
+    assert config.external_storage_buckets == {"payloads-a", "payloads-b"}
+    assert (config.external_storage_bucket, config.external_storage_threshold) == ("payloads-a", 262144)
+    assert config.aws_endpoint_url_s3 == "http://127.0.0.1:5000"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"EXTERNAL_STORAGE_BUCKETS": "Payloads_A"},
+            "EXTERNAL_STORAGE_BUCKETS: expected an S3 bucket name (my-temporal-payloads) or access point ARN, "
+            "got 'Payloads_A'",
+        ),
+        (
+            {"EXTERNAL_STORAGE_BUCKETS": "a-b", "EXTERNAL_STORAGE_BUCKET": "a-b"},
+            "EXTERNAL_STORAGE_THRESHOLD: must be set together with EXTERNAL_STORAGE_BUCKET (offloading by /encode)",
+        ),
+        (
+            {"EXTERNAL_STORAGE_THRESHOLD": "1024"},
+            "EXTERNAL_STORAGE_BUCKET: must be set together with EXTERNAL_STORAGE_THRESHOLD (offloading by /encode)",
+        ),
+        (
+            {"EXTERNAL_STORAGE_BUCKETS": "a-b", "EXTERNAL_STORAGE_BUCKET": "c-d", "EXTERNAL_STORAGE_THRESHOLD": "1"},
+            "EXTERNAL_STORAGE_BUCKET: 'c-d' must be one of EXTERNAL_STORAGE_BUCKETS, or the references /encode "
+            "writes could not be read",
+        ),
+    ],
+)
+def test_external_storage_rules(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(env)
+    assert str(caught.value) == message

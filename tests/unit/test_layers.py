@@ -53,4 +53,4 @@ def test_boto3_outside_the_kms_layer_breaks_a_contract(tmp_path: Path) -> None:
     service.write_text(service.read_text() + "\nimport boto3  # noqa\n")
     result = lint_imports(root)
     assert result.returncode != 0
-    assert "Only the KMS layer talks to AWS BROKEN" in result.stdout
+    assert "Only the KMS and storage layers talk to AWS BROKEN" in result.stdout

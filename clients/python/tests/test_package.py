@@ -25,6 +25,7 @@ def test_the_public_names():
         "CodecServiceError",
         "CodecUnavailableError",
         "RemotePayloadCodec",
+        "data_converter",
     ]
     assert all(getattr(temporal_codec_client, name) for name in temporal_codec_client.__all__)
     assert errors.error_for_status is not None

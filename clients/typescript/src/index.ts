@@ -2,6 +2,8 @@
 export { credentials } from '@grpc/grpc-js';
 export { PACKAGED_PROTO_PATH, RemotePayloadCodec } from './codec';
 export type { RemotePayloadCodecOptions } from './codec';
+export { dataConverter, FAILURE_CONVERTER_PATH } from './converter';
+export type { DataConverterOptions } from './converter';
 export {
   CodecInternalError,
   CodecInvalidPayloadError,
