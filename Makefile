@@ -86,8 +86,11 @@ clean:
 	rm -rf $(TS_CLIENT)/node_modules $(TS_CLIENT)/build $(TS_CLIENT)/dist $(TS_CLIENT)/protos
 
 # A tool, not a test: docs/benchmarks.md records runs. BENCH_ARGS="--only gateway" runs one section.
+# Speed (bench.run: gRPC and the gateway against their echo and sample servers), then memory (bench.bombs:
+# server.py's peak for the worst bodies against the chart's limits). BOMBS_ARGS=--sidecar adds the gateway.
 bench: install
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+	$(BIN)/python -m bench.bombs $(BOMBS_ARGS)
 
 # Instructions per call under valgrind (bench/instructions.py): repeatable where CPU time is noisy.
 bench-instructions: install
