@@ -43,26 +43,19 @@ def parse_int(low: int, high: int) -> Callable[[str], int]:
 
 
 def parse_seconds(low: float, high: float) -> Callable[[str], float]:
+    return parse_float(low, high, unit="seconds")
+
+
+def parse_float(low: float, high: float, unit: str = "") -> Callable[[str], float]:
+    what, units = (f"a number of {unit}", f" {unit}") if unit else ("a number", "")
+
     def parse(text: str) -> float:
         try:
             value = float(text.strip())
         except ValueError:
-            raise ValueError(f"must be a number of seconds, got {text!r}") from None
+            raise ValueError(f"must be {what}, got {text!r}") from None
         if not low <= value <= high:
-            raise ValueError(f"must be between {low:g} and {high:g} seconds, got {value:g}")
-        return value
-
-    return parse
-
-
-def parse_float(low: float, high: float) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text.strip())
-        except ValueError:
-            raise ValueError(f"must be a number, got {text!r}") from None
-        if not low <= value <= high:
-            raise ValueError(f"must be between {low:g} and {high:g}, got {value:g}")
+            raise ValueError(f"must be between {low:g} and {high:g}{units}, got {value:g}")
         return value
 
     return parse

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.cdp import FLAGS as CHROMIUM_FLAGS
 from tests.support.gateway import Gateway
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -109,19 +110,9 @@ def chromium() -> Iterator[str]:
 
 def run_page(chromium: str, url: str, page: PageOrigin) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as profile:
-        args = [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={profile}",
-            url,
-        ]
+        # The flags of the end-to-end tests' browser, less the debugging port this test does not use.
+        flags = [flag for flag in CHROMIUM_FLAGS if not flag.startswith(("--remote-debugging", "--window-size"))]
+        args = [chromium, *flags, f"--user-data-dir={profile}", url]
         browser = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             if not page.received.wait(RESULT_TIMEOUT_SECONDS):
