@@ -103,14 +103,14 @@ class EnvelopeCodec:
             return []
         key, nonces = self._batch(namespace, len(payloads))
         size = envelope.NONCE_SIZE
-        compressor = self._compression.compressor()
         encoded = []
-        for i, payload in enumerate(payloads):
-            plaintext, algorithm = payload.SerializeToString(deterministic=True), None
-            if compressor is not None and (packed := compressor.shrink(plaintext)) is not None:
-                plaintext, algorithm = packed, compressor.name
-            data = key.encrypt(plaintext, nonces[i * size : (i + 1) * size], algorithm)
-            encoded.append(Payload(metadata=key.envelope(algorithm), data=data))
+        with self._compression.compressor() as compressor:
+            for i, payload in enumerate(payloads):
+                plaintext, algorithm = payload.SerializeToString(deterministic=True), None
+                if compressor is not None and (packed := compressor.shrink(plaintext)) is not None:
+                    plaintext, algorithm = packed, compressor.name
+                data = key.encrypt(plaintext, nonces[i * size : (i + 1) * size], algorithm)
+                encoded.append(Payload(metadata=key.envelope(algorithm), data=data))
         return encoded
 
     def encode_serialized(self, payloads: Sequence[bytes], namespace: str, *, checked: bool = False) -> list[bytes]:
@@ -127,14 +127,17 @@ class EnvelopeCodec:
                 _parse(index, raw, "not a serialized Payload")
         key, nonces = self._batch(namespace, len(payloads))
         size = envelope.NONCE_SIZE
-        compressor = self._compression.compressor()
-        if compressor is None:
+        if self._compression.algorithm is None:
             return [key.seal(raw, nonces[i * size : (i + 1) * size]) for i, raw in enumerate(payloads)]
         sealed = []
-        for i, raw in enumerate(payloads):
-            nonce = nonces[i * size : (i + 1) * size]
-            packed = compressor.shrink(raw)
-            sealed.append(key.seal(raw, nonce) if packed is None else key.seal(packed, nonce, compressor.name))
+        with self._compression.compressor() as compressor:
+            for i, raw in enumerate(payloads):
+                nonce = nonces[i * size : (i + 1) * size]
+                packed = None if compressor is None else compressor.shrink(raw)
+                if packed is None or compressor is None:
+                    sealed.append(key.seal(raw, nonce))
+                else:
+                    sealed.append(key.seal(packed, nonce, compressor.name))
         return sealed
 
     def decode(self, payloads: Sequence[Payload], namespace: str) -> list[Payload]:
@@ -242,7 +245,7 @@ class _Budget:
         by_ratio = policy.max_ratio * len(data)
         limit = min(by_ratio, self._left)
         try:
-            out = compression.decompress(algorithm, data, limit)
+            out = policy.decompress(algorithm, data, limit)
         except compression.TooLarge:
             if limit == by_ratio:
                 bound = f"{policy.max_ratio} times its {len(data)} compressed bytes (COMPRESSION_MAX_RATIO)"

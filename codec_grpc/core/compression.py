@@ -15,8 +15,10 @@ for a caller: no payload bytes, no library internals.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import zstandard
 
@@ -26,8 +28,13 @@ ZSTD, ZLIB = COMPRESSIONS
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # RFC 8878 3.1.1.1.2: encoders should not need, and decoders need not accept, windows above 8 MB.
 ZSTD_MAX_WINDOW = 8 * 1024 * 1024
-LEVELS = {ZSTD: range(1, 20), ZLIB: range(1, 10)}  # zstd's levels 20-22 need windows above 8 MiB
-DEFAULT_LEVELS = {ZSTD: 3, ZLIB: 6}  # each library's own default
+# zstd's levels above 9 cost 2 to 200 times the CPU of level 1 for a few points more saved, and up to
+# 80 MiB per compression (docs/benchmarks.md); 20-22 would need windows above 8 MiB.
+LEVELS = {ZSTD: range(1, 10), ZLIB: range(1, 10)}
+DEFAULT_LEVELS = {ZSTD: 1, ZLIB: 1}  # the cheapest: compression has to pay for its CPU (docs/benchmarks.md)
+# zstd contexts kept for reuse, of each kind: creating one costs more than compressing a small payload,
+# and a compression context holds megabytes (more at higher levels), so only a few are kept.
+POOLED_CONTEXTS = 4
 
 
 class TooLarge(Exception):
@@ -36,6 +43,35 @@ class TooLarge(Exception):
 
 class Malformed(Exception):
     """The bytes are not one well-formed stream of the algorithm; the message says what is wrong."""
+
+
+class _Contexts:
+    """A few zstd contexts of one policy, for reuse; a context serves one thread at a time."""
+
+    def __init__(self) -> None:
+        self._compressors: deque[zstandard.ZstdCompressor] = deque()
+        self._decompressors: deque[zstandard.ZstdDecompressor] = deque()
+
+    @contextmanager
+    def zstd_compressor(self, level: int) -> Iterator[zstandard.ZstdCompressor]:
+        try:
+            context = self._compressors.pop()  # deque's pop and append are atomic
+        except IndexError:
+            # Content size declared (the reader's bound), no checksum (GCM's tag authenticates the frame).
+            context = zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=False)
+        yield context
+        if len(self._compressors) < POOLED_CONTEXTS:
+            self._compressors.append(context)
+
+    @contextmanager
+    def zstd_decompressor(self) -> Iterator[zstandard.ZstdDecompressor]:
+        try:
+            context = self._decompressors.pop()
+        except IndexError:
+            context = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
+        yield context
+        if len(self._decompressors) < POOLED_CONTEXTS:
+            self._decompressors.append(context)
 
 
 @dataclass(frozen=True)
@@ -55,6 +91,7 @@ class CompressionPolicy:
     min_bytes: int = 1024
     max_ratio: int = 100
     max_decompressed_bytes: int = 16 * 1024 * 1024
+    _contexts: _Contexts = field(default_factory=_Contexts, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.algorithm is not None and self.algorithm not in LEVELS:
@@ -72,12 +109,25 @@ class CompressionPolicy:
         if self.max_decompressed_bytes < 1:
             raise ValueError(f"max_decompressed_bytes must be at least 1, got {self.max_decompressed_bytes}")
 
-    def compressor(self) -> Compressor | None:
-        """A compressor for one batch (not thread-safe), or None when compression is off."""
+    @contextmanager
+    def compressor(self) -> Iterator[Compressor | None]:
+        """A compressor for one batch, in one thread (None when compression is off)."""
         if self.algorithm is None:
-            return None
+            yield None
+            return
         level = DEFAULT_LEVELS[self.algorithm] if self.level is None else self.level
-        return Compressor(self.algorithm, level, self)
+        if self.algorithm == ZLIB:
+            yield Compressor(self.algorithm, lambda data: zlib.compress(data, level), self)
+            return
+        with self._contexts.zstd_compressor(level) as context:
+            yield Compressor(self.algorithm, context.compress, self)
+
+    def decompress(self, algorithm: str, data: bytes, limit: int) -> bytes:
+        """:func:`decompress`, with a pooled zstd context."""
+        if algorithm != ZSTD:
+            return _zlib_decompress(data, limit)
+        with self._contexts.zstd_decompressor() as context:
+            return _zstd_decompress(data, limit, context)
 
 
 class Compressor:
@@ -85,14 +135,9 @@ class Compressor:
 
     __slots__ = ("_compress", "_max_bytes", "_max_ratio", "_min_bytes", "_overhead", "name")
 
-    def __init__(self, algorithm: str, level: int, policy: CompressionPolicy) -> None:
+    def __init__(self, algorithm: str, compress: Callable[[bytes], bytes], policy: CompressionPolicy) -> None:
         self.name = algorithm
-        self._compress: Callable[[bytes], bytes]
-        if algorithm == ZSTD:
-            # Content size declared (the reader's bound), no checksum (GCM's tag authenticates it).
-            self._compress = zstandard.ZstdCompressor(level=level, write_content_size=True).compress
-        else:
-            self._compress = _zlib(level)
+        self._compress = compress
         self._min_bytes = policy.min_bytes
         self._max_bytes = policy.max_decompressed_bytes
         self._max_ratio = policy.max_ratio
@@ -111,19 +156,15 @@ class Compressor:
         return packed
 
 
-def _zlib(level: int) -> Callable[[bytes], bytes]:
-    return lambda data: zlib.compress(data, level)
-
-
 def decompress(algorithm: str, data: bytes, limit: int) -> bytes:
     """The decompressed bytes of ``data``; :class:`TooLarge` beyond ``limit`` bytes, :class:`Malformed`
     when ``data`` is not one complete stream of ``algorithm`` (a name of :data:`COMPRESSIONS`)."""
     if algorithm == ZSTD:
-        return _zstd_decompress(data, limit)
+        return _zstd_decompress(data, limit, zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW))
     return _zlib_decompress(data, limit)
 
 
-def _zstd_decompress(data: bytes, limit: int) -> bytes:
+def _zstd_decompress(data: bytes, limit: int, decompressor: zstandard.ZstdDecompressor) -> bytes:
     if data[:4] != ZSTD_MAGIC:
         raise Malformed("not a zstd frame")
     try:
@@ -137,7 +178,6 @@ def _zstd_decompress(data: bytes, limit: int) -> bytes:
         raise TooLarge()
     if frame.window_size > ZSTD_MAX_WINDOW:
         raise Malformed(f"the zstd frame needs a window above {ZSTD_MAX_WINDOW} bytes")
-    decompressor = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
     try:
         if size == 0:
             # decompress() answers b"" from the header alone: check the frame through to its end.
