@@ -35,6 +35,7 @@ DEFAULT_LEVELS = {ZSTD: 1, ZLIB: 1}  # the cheapest: compression has to pay for 
 # zstd contexts kept for reuse, of each kind: creating one costs more than compressing a small payload,
 # and a compression context holds megabytes (more at higher levels), so only a few are kept.
 POOLED_CONTEXTS = 4
+ZLIB_STEP = 1024 * 1024  # most bytes inflated at once
 
 
 class TooLarge(Exception):
@@ -199,15 +200,26 @@ _ZSTD_CORRUPT = "the zstd frame is corrupt, truncated, not its declared size, or
 
 
 def _zlib_decompress(data: bytes, limit: int) -> bytes:
+    """Inflate in steps of at most :data:`ZLIB_STEP` bytes: a stream that passes ``limit`` is refused
+    holding at most ``limit`` bytes and a step (joining them would double that)."""
     stream = zlib.decompressobj()
-    try:
-        out = stream.decompress(data, limit + 1)  # max_length 0 would mean no limit: never 0 here
-    except zlib.error:
-        raise Malformed("not a well-formed zlib stream") from None
-    if len(out) > limit:
-        raise TooLarge()
-    if not stream.eof:
-        raise Malformed("the zlib stream is truncated")
+    chunks: list[bytes] = []
+    size, pending = 0, data
+    while True:
+        step = min(ZLIB_STEP, limit + 1 - size)  # never 0: max_length 0 would mean no limit
+        try:
+            chunk = stream.decompress(pending, step)
+        except zlib.error:
+            raise Malformed("not a well-formed zlib stream") from None
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge()
+        chunks.append(chunk)
+        pending = stream.unconsumed_tail
+        if stream.eof:
+            break
+        if not pending and len(chunk) < step:  # all input taken, all output given, no end seen
+            raise Malformed("the zlib stream is truncated")
     if stream.unused_data:
         raise Malformed("the zlib stream is followed by other bytes")
-    return out
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
