@@ -89,7 +89,7 @@ class CompressionPolicy:
 
     algorithm: str | None = None
     level: int | None = None  # None: the algorithm's default
-    min_bytes: int = 1024
+    min_bytes: int = 4096
     max_ratio: int = 100
     max_decompressed_bytes: int = 16 * 1024 * 1024
     _contexts: _Contexts = field(default_factory=_Contexts, init=False, repr=False, compare=False)

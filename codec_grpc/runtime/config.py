@@ -273,7 +273,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "COMPRESSION_MIN_BYTES",
-        "1024",
+        "4096",
         parse_int(0, 2**31 - 1),
         "payloads smaller than this stay uncompressed; so does any payload compression does not shrink",
     ),

@@ -85,8 +85,8 @@ def test_compression_off_writes_version_1_byte_for_byte() -> None:
 @pytest.mark.parametrize(
     ("payload", "policy", "why"),
     [
-        (json_payload(900), {}, "below COMPRESSION_MIN_BYTES (1024)"),
-        (json_payload(4096), {"min_bytes": 8192}, "below a higher minimum"),
+        (json_payload(3000), {}, "below COMPRESSION_MIN_BYTES (4096)"),
+        (json_payload(8192), {"min_bytes": 16384}, "below a higher minimum"),
         (Payload(data=os.urandom(64 * 1024)), {}, "random bytes do not shrink"),
         (Payload(data=bytes(64 * 1024)), {}, "zeros shrink beyond COMPRESSION_MAX_RATIO (100)"),
         (json_payload(64 * 1024), {"max_decompressed_bytes": 32 * 1024}, "larger than a reader decompresses"),
@@ -116,7 +116,7 @@ def test_a_payload_that_shrinks_by_less_than_its_envelope_entry_stays_version_1(
 
 
 def test_each_payload_of_a_batch_is_decided_alone() -> None:
-    batch = [json_payload(16 * 1024), Payload(data=b"{}"), Payload(data=os.urandom(4096)), json_payload(2048)]
+    batch = [json_payload(16 * 1024), Payload(data=b"{}"), Payload(data=os.urandom(8192)), json_payload(5000)]
     encoder = codec("zlib")
     encoded = encoder.encode(batch, "ns")
     assert [p.metadata.get(envelope.COMPRESSION_KEY) for p in encoded] == [b"zlib", None, None, b"zlib"]
@@ -372,9 +372,9 @@ def test_garbage_compressed_bytes_never_crash_the_codec(algorithm: str, data: by
 
 def test_compression_is_off_by_default_with_bounds_that_follow_the_message_size() -> None:
     config = load_config({})
-    assert (config.compression, config.compression_level, config.compression_min_bytes) == ("off", None, 1024)
+    assert (config.compression, config.compression_level, config.compression_min_bytes) == ("off", None, 4096)
     assert (config.compression_max_ratio, config.decompressed_max_bytes) == (100, None)
-    assert compression_policy(config) == CompressionPolicy(None, None, 1024, 100, 16 * MiB)
+    assert compression_policy(config) == CompressionPolicy(None, None, 4096, 100, 16 * MiB)
     bigger = load_config({"GRPC_MAX_MESSAGE_BYTES": str(64 * MiB)})
     assert compression_policy(bigger).max_decompressed_bytes == 64 * MiB
 
