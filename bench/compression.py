@@ -90,7 +90,8 @@ class Case:
 
 
 def measure_case(size: int, raw: bytes, algorithm: str, level: int | None, rounds: int) -> Case:
-    policy = CompressionPolicy(None if algorithm == "off" else algorithm, level)
+    # min_bytes=0: what compression does to every size (COMPRESSION_MIN_BYTES would leave 1 KiB alone).
+    policy = CompressionPolicy(None if algorithm == "off" else algorithm, level, min_bytes=0)
     codec = EnvelopeCodec(OneKey(), compression=policy)
     (encoded,) = codec.encode_serialized([raw], "default", checked=True)
     assert codec.decode_serialized([encoded], "default") == [raw]

@@ -28,8 +28,8 @@ ZSTD, ZLIB = COMPRESSIONS
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # RFC 8878 3.1.1.1.2: encoders should not need, and decoders need not accept, windows above 8 MB.
 ZSTD_MAX_WINDOW = 8 * 1024 * 1024
-# zstd's levels above 9 cost 2 to 200 times the CPU of level 1 for a few points more saved, and up to
-# 80 MiB per compression (docs/benchmarks.md); 20-22 would need windows above 8 MiB.
+# zstd's levels above 9 cost many times level 1's CPU for a few points more saved, and tens of MiB per
+# compression (docs/benchmarks.md); levels 20-22 would need windows above the 8 MiB a reader accepts.
 LEVELS = {ZSTD: range(1, 10), ZLIB: range(1, 10)}
 DEFAULT_LEVELS = {ZSTD: 1, ZLIB: 1}  # the cheapest: compression has to pay for its CPU (docs/benchmarks.md)
 # zstd contexts kept for reuse, of each kind: creating one costs more than compressing a small payload,
