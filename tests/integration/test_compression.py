@@ -17,13 +17,17 @@ from typing import Any
 import grpc
 import pytest
 import zstandard
+from hypothesis import given
+from hypothesis import strategies as st
 
 from codec_grpc.core.envelope import COMPRESSION_KEY, DataKey
 from codec_grpc.kms.provider import NAMESPACE_CONTEXT_KEY
 from codec_grpc.v1 import codec_pb2 as pb
 from codec_grpc.v1 import codec_pb2_grpc
 from tests.integration.test_bombs import ServerMemory
+from tests.integration.test_fuzz import mutated
 from tests.support.fixtures import REGION, RunningCodec, free_port, wait_for_port
+from tests.support.fuzzing import assert_healthy, examples
 from tests.support.server_process import ServerProcess
 
 MiB = 1024 * 1024
@@ -218,3 +222,36 @@ def test_garbage_compressed_bytes_are_invalid_argument_and_400(server: Callable[
             status, error = running.decode_http([payload])
             assert status == 400
             assert error.startswith(f"payload 0: decompression failed: {reason}")
+
+
+@pytest.mark.fuzz
+def test_garbage_compressed_bytes_sealed_under_the_servers_key_never_break_it(
+    codec_server: Callable[..., RunningCodec], make_key: Callable[..., tuple[str, str]]
+) -> None:
+    """Whatever a holder of the data key seals as version 2, gRPC answers a payload or INVALID_ARGUMENT
+    naming it (never UNKNOWN or INTERNAL), and the server stays healthy."""
+    running = codec_server(KMS_KEY_ALIAS=make_key()[0], COMPRESSION="zstd", DECOMPRESSED_MAX_BYTES=str(MiB))
+    key = running.app.keys.encryption_key("default", "default", 1)
+    seeds = [
+        zstandard.ZstdCompressor(level=1).compress(orders_payload(8192).SerializeToString()),
+        zlib.compress(orders_payload(8192).SerializeToString()),
+        zstd_bomb(64 * MiB),
+    ]
+
+    @examples(150)
+    @given(
+        st.sampled_from(["zstd", "zlib"]),
+        st.one_of(st.binary(max_size=200), mutated(seeds)),
+    )
+    def decode(algorithm: str, data: bytes) -> None:
+        payload = pb.Payload.FromString(key.seal(data, os.urandom(12), algorithm))
+        try:
+            answer = running.stub.Decode(pb.DecodeRequest(payloads=[payload]), timeout=30)
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, exc
+            assert (exc.details() or "").startswith("payload 0: "), exc.details()
+        else:
+            assert len(answer.payloads) == 1
+
+    decode()
+    assert_healthy(running)
