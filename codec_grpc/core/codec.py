@@ -67,7 +67,7 @@ class EnvelopeCodec:
         *,
         bind_namespace: bool = True,
         accept_unbound: bool = False,
-        compression: CompressionPolicy = CompressionPolicy(),  # noqa: B008 - frozen, never mutated
+        compression: CompressionPolicy = CompressionPolicy(),  # noqa: B008 - frozen settings, a thread-safe pool
         nonces: NonceSource = os.urandom,
     ) -> None:
         self._keys = keys
