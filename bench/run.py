@@ -1,5 +1,6 @@
 """`make bench`: the codec server's cost against a bare echo server on the same transport,
-and the HTTP gateway's against a minimal sample codec server (bench/gateway_bench.py).
+and the HTTP gateway's against a minimal sample codec server (bench/gateway_bench.py), and what
+compressing payloads costs and saves against what gRPC spends to move a byte (bench/compression.py).
 
 Starts moto's KMS server, the codec server (server.py) and the echo server
 (bench/echo_server.py) as processes on 127.0.0.1, then drives each with the
@@ -7,7 +8,7 @@ same serialized requests from a separate load process (bench/load.py).
 Server CPU comes from the OS accounting of every process of the server
 (/proc/PID/stat, children included), so the load generator and other noise drop
 out. The ratio echo ÷ ours is 1.0 when encrypting costs nothing beyond echoing.
-``--only grpc`` or ``--only gateway`` runs one section.
+``--only grpc``, ``--only gateway`` or ``--only compression`` runs one section.
 """
 
 from __future__ import annotations
@@ -335,7 +336,13 @@ def main() -> None:
         "--channels", type=int, default=1, help="gRPC connections per load process (WORKERS share out connections)"
     )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved measurements per server and case")
-    parser.add_argument("--only", choices=("grpc", "gateway"), help="run one section only")
+    parser.add_argument("--only", choices=("grpc", "gateway", "compression"), help="run one section only")
+    parser.add_argument(
+        "--compression-levels",
+        choices=("all", "default"),
+        default="all",
+        help="compression section: every level COMPRESSION_LEVEL offers, or each algorithm's default only",
+    )
     parser.add_argument(
         "--no-pin", action="store_true", help="do not pin servers to CPU 0 and the load generator to CPU 1"
     )
@@ -359,6 +366,10 @@ def main() -> None:
             from bench.gateway_bench import gateway_section  # it imports this module's helpers
 
             gateway_section(stack, workdir, codec, args)
+        if args.only in (None, "compression"):
+            from bench.compression import compression_section  # it imports this module's helpers
+
+            compression_section(stack, workdir, codec, args)
 
 
 if __name__ == "__main__":

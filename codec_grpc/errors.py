@@ -9,6 +9,7 @@ of the package: every layer may use it.
     CodecError
     ├── PayloadError                 one payload cannot be decoded      INVALID_ARGUMENT
     │   ├── DecryptionError          authentication failed (tampering)  INVALID_ARGUMENT
+    │   ├── DecompressionLimitError  decompresses beyond a bound (bomb) INVALID_ARGUMENT
     │   ├── NamespaceMismatchError   written for another namespace      PERMISSION_DENIED
     │   └── UnboundPayloadError      bound to no namespace              PERMISSION_DENIED
     ├── RequestError                 the request as a whole is refused  INVALID_ARGUMENT
@@ -78,6 +79,14 @@ class DecryptionError(PayloadError):
             index,
             "decryption failed: the encrypted data or its metadata was altered, or it was encrypted under another key",
         )
+
+
+class DecompressionLimitError(PayloadError):
+    """A compressed payload decompresses beyond COMPRESSION_MAX_RATIO or DECOMPRESSED_MAX_BYTES: a bomb,
+    refused with at most that many bytes decompressed. ``bound`` says which, for a person."""
+
+    def __init__(self, index: int, bound: str) -> None:
+        super().__init__(index, f"decompresses to more than {bound}: refused as a decompression bomb")
 
 
 class NamespaceMismatchError(PayloadError):

@@ -131,9 +131,7 @@ class CodecService:
         """The serialized response to a prepared batch, calling KMS when a key is not cached (for at
         most ``max_kms_decrypts`` data keys)."""
         keys = RequestKeys(self._keys, UnwrapBudget(self._limits.max_kms_decrypts))
-        codec = EnvelopeCodec(
-            keys, bind_namespace=self._codec.bind_namespace, accept_unbound=self._codec.accept_unbound
-        )
+        codec = self._codec.with_keys(keys)
         with _refusals():
             return self._run(batch, codec)
 
@@ -142,9 +140,7 @@ class CodecService:
         key is not cached (the caller then runs the batch with :meth:`run`)."""
         keys = CachedKeys(self._keys)
         with _refusals():
-            codec = EnvelopeCodec(
-                keys, bind_namespace=self._codec.bind_namespace, accept_unbound=self._codec.accept_unbound
-            )
+            codec = self._codec.with_keys(keys)
             try:
                 return self._run(batch, codec)
             except WouldBlock:

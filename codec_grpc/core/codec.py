@@ -5,9 +5,12 @@ Contract (as ``temporalio.converter.PayloadCodec``):
 * ``encode`` and ``decode`` return a new list with exactly as many payloads as
   given, in the same order; they never mutate their input.
 * ``encode`` encrypts each whole payload (metadata, data, external_payloads)
-  into the format of ``codec_grpc.core.envelope``.
-* ``decode`` decrypts each ``binary/encrypted`` payload and returns every other
-  payload as it was given (the same object, or the same bytes).
+  into the format of ``codec_grpc.core.envelope``: version 2 when the
+  :class:`~codec_grpc.core.compression.CompressionPolicy` compresses it, else
+  version 1.
+* ``decode`` decrypts (and decompresses, within the policy's bounds) each
+  ``binary/encrypted`` payload of either version and returns every other payload
+  as it was given (the same object, or the same bytes).
 * A failure raises a ``codec_grpc.errors.CodecError`` naming the payload index;
   no partial result is returned.
 
@@ -24,7 +27,8 @@ from typing import Protocol
 from google.protobuf.message import DecodeError
 
 from codec_grpc import errors
-from codec_grpc.core import envelope
+from codec_grpc.core import compression, envelope
+from codec_grpc.core.compression import CompressionPolicy
 from codec_grpc.core.envelope import DataKey, NonceSource
 from codec_grpc.keys.allowlist import KEY_ARN
 from codec_grpc.v1.codec_pb2 import Payload
@@ -52,6 +56,9 @@ class EnvelopeCodec:
     namespace's) unless ``accept_unbound`` says so. Without binding, payloads are
     not bound, but payloads that were bound still decode (under their own
     namespace's KMS encryption context).
+
+    ``compression`` says what encode compresses (nothing by default) and bounds what
+    decode decompresses: payloads of format version 2 decode whatever it says.
     """
 
     def __init__(
@@ -60,12 +67,24 @@ class EnvelopeCodec:
         *,
         bind_namespace: bool = True,
         accept_unbound: bool = False,
+        compression: CompressionPolicy = CompressionPolicy(),  # noqa: B008 - frozen settings, a thread-safe pool
         nonces: NonceSource = os.urandom,
     ) -> None:
         self._keys = keys
         self._bind = bind_namespace
         self._accept_unbound = accept_unbound
+        self._compression = compression
         self._nonces = nonces
+
+    def with_keys(self, keys: KeySource) -> EnvelopeCodec:
+        """The same codec with other keys (the service's per-request key sources)."""
+        return EnvelopeCodec(
+            keys,
+            bind_namespace=self._bind,
+            accept_unbound=self._accept_unbound,
+            compression=self._compression,
+            nonces=self._nonces,
+        )
 
     @property
     def bind_namespace(self) -> bool:
@@ -75,18 +94,24 @@ class EnvelopeCodec:
     def accept_unbound(self) -> bool:
         return self._accept_unbound
 
+    @property
+    def compression(self) -> CompressionPolicy:
+        return self._compression
+
     def encode(self, payloads: Sequence[Payload], namespace: str) -> list[Payload]:
         if not payloads:
             return []
         key, nonces = self._batch(namespace, len(payloads))
         size = envelope.NONCE_SIZE
-        return [
-            Payload(
-                metadata=key.metadata,
-                data=key.encrypt(p.SerializeToString(deterministic=True), nonces[i * size : (i + 1) * size]),
-            )
-            for i, p in enumerate(payloads)
-        ]
+        encoded = []
+        with self._compression.compressor() as compressor:
+            for i, payload in enumerate(payloads):
+                plaintext, algorithm = payload.SerializeToString(deterministic=True), None
+                if compressor is not None and (packed := compressor.shrink(plaintext)) is not None:
+                    plaintext, algorithm = packed, compressor.name
+                data = key.encrypt(plaintext, nonces[i * size : (i + 1) * size], algorithm)
+                encoded.append(Payload(metadata=key.envelope(algorithm), data=data))
+        return encoded
 
     def encode_serialized(self, payloads: Sequence[bytes], namespace: str, *, checked: bool = False) -> list[bytes]:
         """Like :meth:`encode`, over serialized payloads; the plaintext is each payload's bytes as given.
@@ -102,13 +127,25 @@ class EnvelopeCodec:
                 _parse(index, raw, "not a serialized Payload")
         key, nonces = self._batch(namespace, len(payloads))
         size = envelope.NONCE_SIZE
-        return [key.seal(raw, nonces[i * size : (i + 1) * size]) for i, raw in enumerate(payloads)]
+        if self._compression.algorithm is None:
+            return [key.seal(raw, nonces[i * size : (i + 1) * size]) for i, raw in enumerate(payloads)]
+        sealed = []
+        with self._compression.compressor() as compressor:
+            for i, raw in enumerate(payloads):
+                nonce = nonces[i * size : (i + 1) * size]
+                packed = None if compressor is None else compressor.shrink(raw)
+                if packed is None or compressor is None:
+                    sealed.append(key.seal(raw, nonce))
+                else:
+                    sealed.append(key.seal(packed, nonce, compressor.name))
+        return sealed
 
     def decode(self, payloads: Sequence[Payload], namespace: str) -> list[Payload]:
         decoded: list[Payload] = []
         seen: dict[tuple[bytes | None, ...], DataKey] = {}
+        budget = _Budget(self._compression)
         for index, payload in enumerate(payloads):
-            plaintext = self._open(index, payload, namespace, seen)
+            plaintext = self._open(index, payload, namespace, seen, budget)
             decoded.append(payload if plaintext is None else _parse(index, plaintext, _NOT_A_PAYLOAD))
         return decoded
 
@@ -116,8 +153,9 @@ class EnvelopeCodec:
         """Like :meth:`decode`, over serialized payloads; pass-through payloads come back as given."""
         decoded: list[bytes] = []
         seen: dict[tuple[bytes | None, ...], DataKey] = {}
+        budget = _Budget(self._compression)
         for index, raw in enumerate(payloads):
-            plaintext = self._open(index, _parse(index, raw, "not a serialized Payload"), namespace, seen)
+            plaintext = self._open(index, _parse(index, raw, "not a serialized Payload"), namespace, seen, budget)
             if plaintext is None:
                 decoded.append(raw)
             else:
@@ -131,30 +169,39 @@ class EnvelopeCodec:
         return key, self._nonces(envelope.NONCE_SIZE * count)
 
     def _open(
-        self, index: int, payload: Payload, namespace: str, seen: dict[tuple[bytes | None, ...], DataKey]
+        self,
+        index: int,
+        payload: Payload,
+        namespace: str,
+        seen: dict[tuple[bytes | None, ...], DataKey],
+        budget: _Budget,
     ) -> bytes | None:
-        """The decrypted inner payload bytes, or None when ``payload`` is not encrypted.
+        """The decrypted (and decompressed) inner payload bytes, or None when ``payload`` is not encrypted.
 
         ``seen`` remembers, for one batch, the data key of each envelope already
-        checked: payloads of one batch mostly share a data key.
+        checked: payloads of one batch mostly share a data key. ``budget`` is what
+        the batch may still decompress.
         """
         metadata = payload.metadata
         if metadata.get(envelope.ENCODING_KEY) != envelope.ENCODING:
             return None
+        algorithm = _compression(index, metadata.get(envelope.COMPRESSION_KEY))
         fields = tuple(metadata.get(name) for name in _ENVELOPE_KEYS)
         key = seen.get(fields)
         if key is None:
             key = seen[fields] = self._envelope_key(index, metadata, namespace)
-        if len(metadata) != len(key.metadata):
+        expected = key.envelope(algorithm)
+        if len(metadata) != len(expected):
             # The envelope is exact: an entry added to it is an alteration too, though not authenticated.
-            extra = sorted(set(metadata) - set(key.metadata)) or ["?"]
+            extra = sorted(set(metadata) - set(expected)) or ["?"]
             raise errors.PayloadError(
                 index, f"unexpected metadata {extra[0][:40]!r} on an encrypted payload: it was altered"
             )
         try:
-            return key.decrypt(payload.data)
+            plaintext = key.decrypt(payload.data, algorithm)
         except envelope.AuthenticationFailed:
             raise errors.DecryptionError(index) from None
+        return plaintext if algorithm is None else budget.decompress(index, algorithm, plaintext)
 
     def _envelope_key(self, index: int, metadata: Mapping[str, bytes], namespace: str) -> DataKey:
         """Check an envelope's metadata and namespace, and find its data key."""
@@ -180,6 +227,54 @@ _ENVELOPE_KEYS = (
     envelope.NAMESPACE_KEY,
 )
 _NOT_A_PAYLOAD = "decrypted data is not a serialized Payload"
+_COMPRESSIONS = {name.encode(): name for name in envelope.COMPRESSIONS}
+
+
+class _Budget:
+    """What one batch may still decompress: ``max_decompressed_bytes`` for all its payloads together,
+    and ``max_ratio`` times each payload's compressed size."""
+
+    __slots__ = ("_left", "_policy")
+
+    def __init__(self, policy: CompressionPolicy) -> None:
+        self._policy = policy
+        self._left = policy.max_decompressed_bytes
+
+    def decompress(self, index: int, algorithm: str, data: bytes) -> bytes:
+        policy = self._policy
+        by_ratio = policy.max_ratio * len(data)
+        limit = min(by_ratio, self._left)
+        try:
+            out = policy.decompress(algorithm, data, limit)
+        except compression.TooLarge:
+            if limit == by_ratio:
+                bound = f"{policy.max_ratio} times its {len(data)} compressed bytes (COMPRESSION_MAX_RATIO)"
+            elif limit == policy.max_decompressed_bytes:
+                bound = f"{limit} bytes (DECOMPRESSED_MAX_BYTES)"
+            else:
+                bound = (
+                    f"the {limit} bytes left of DECOMPRESSED_MAX_BYTES ({policy.max_decompressed_bytes} bytes "
+                    "for all the payloads of a request)"
+                )
+            raise errors.DecompressionLimitError(index, bound) from None
+        except compression.Malformed as exc:
+            raise errors.PayloadError(index, f"decompression failed: {exc}") from None
+        self._left -= len(out)
+        return out
+
+
+def _compression(index: int, value: bytes | None) -> str | None:
+    """The algorithm an envelope names (None: format version 1)."""
+    if value is None:
+        return None
+    algorithm = _COMPRESSIONS.get(value)
+    if algorithm is None:
+        shown = repr(bytes(value[:40]))
+        raise errors.PayloadError(
+            index,
+            f"unsupported {envelope.COMPRESSION_KEY} ({shown}); this codec supports {', '.join(envelope.COMPRESSIONS)}",
+        )
+    return algorithm
 
 
 def _parse(index: int, raw: bytes, problem: str) -> Payload:

@@ -1,4 +1,4 @@
-"""The encrypted payload format, version 1, and the data key that produces it.
+"""The encrypted payload format, versions 1 and 2, and the data key that produces them.
 
 An encrypted payload is a ``Payload`` whose metadata holds::
 
@@ -25,6 +25,18 @@ The GCM associated data binds the metadata to the ciphertext::
 Changing any of these values, or moving a payload to another key, makes
 decryption fail. ``docs/format-v1.md`` is the specification; ``tests/vectors/format_v1.json``
 pins the exact bytes.
+
+Version 2 is version 1 with the inner payload compressed before encryption. Its
+metadata has one entry more, ``encryption-compression`` (``zstd`` or ``zlib``),
+and its associated data another prefix and one field more::
+
+    b"temporal-codec/v2"
+    || the five length-prefixed fields of version 1
+    || u32be(len(compression))          || compression
+
+so changing, removing or adding the algorithm makes decryption fail too.
+``docs/format-v2.md`` is its specification, ``tests/vectors/format_v2.json`` its
+vectors; ``codec_grpc.core.compression`` compresses and decompresses.
 """
 
 from __future__ import annotations
@@ -42,10 +54,13 @@ KEY_ID_KEY = "encryption-key-id"
 DATA_KEY_KEY = "encrypted-data-key"
 ALGORITHM_KEY = "encryption-algorithm"
 NAMESPACE_KEY = "encryption-namespace"
+COMPRESSION_KEY = "encryption-compression"
 
 ENCODING = b"binary/encrypted"
 ALGORITHM = b"AES-256-GCM"
 AAD_PREFIX = b"temporal-codec/v1"
+AAD_PREFIX_V2 = b"temporal-codec/v2"
+COMPRESSIONS = ("zstd", "zlib")  # the values of COMPRESSION_KEY, version 2 only
 
 KEY_SIZE = 32
 NONCE_SIZE = 12
@@ -58,18 +73,24 @@ class AuthenticationFailed(Exception):
     """Opaque: the ciphertext, its associated data or the key do not match."""
 
 
-def associated_data(key_id: str, encrypted_key: bytes, namespace: str | None) -> bytes:
-    """Build the GCM associated data for a payload (layout in the module docstring)."""
-    fields = (ENCODING, ALGORITHM, key_id.encode(), encrypted_key, (namespace or "").encode())
+def associated_data(key_id: str, encrypted_key: bytes, namespace: str | None, compression: str | None = None) -> bytes:
+    """Build the GCM associated data for a payload (layout in the module docstring): version 2
+    when ``compression`` names an algorithm, else version 1."""
+    fields = [ENCODING, ALGORITHM, key_id.encode(), encrypted_key, (namespace or "").encode()]
     parts = [AAD_PREFIX]
+    if compression is not None:
+        parts = [AAD_PREFIX_V2]
+        fields.append(compression.encode())
     for field in fields:
         parts.append(struct.pack(">I", len(field)))
         parts.append(field)
     return b"".join(parts)
 
 
-def envelope_metadata(key_id: str, encrypted_key: bytes, namespace: str | None) -> dict[str, bytes]:
-    """The metadata every payload encrypted under this data key carries."""
+def envelope_metadata(
+    key_id: str, encrypted_key: bytes, namespace: str | None, compression: str | None = None
+) -> dict[str, bytes]:
+    """The metadata every payload encrypted under this data key (and compressed so) carries."""
     metadata = {
         ENCODING_KEY: ENCODING,
         KEY_ID_KEY: key_id.encode(),
@@ -78,7 +99,26 @@ def envelope_metadata(key_id: str, encrypted_key: bytes, namespace: str | None) 
     }
     if namespace is not None:
         metadata[NAMESPACE_KEY] = namespace.encode()
+    if compression is not None:
+        metadata[COMPRESSION_KEY] = compression.encode()
     return metadata
+
+
+def compression_overhead(compression: str) -> int:
+    """How many bytes the envelope entry naming ``compression`` adds to a serialized payload."""
+    return len(protowire.map_entries(1, {COMPRESSION_KEY: compression.encode()}))
+
+
+class _Format:
+    """What is constant for the payloads of one data key and one format version (and algorithm)."""
+
+    __slots__ = ("aad", "metadata", "prefix")
+
+    def __init__(self, key_id: str, encrypted_key: bytes, namespace: str | None, compression: str | None) -> None:
+        self.metadata: Mapping[str, bytes] = envelope_metadata(key_id, encrypted_key, namespace, compression)
+        self.aad = associated_data(key_id, encrypted_key, namespace, compression)
+        # Serialized metadata (field 1, sorted as deterministic serialization) and the tag of field 2.
+        self.prefix = protowire.map_entries(1, self.metadata) + b"\x12"
 
 
 class DataKey:
@@ -86,11 +126,13 @@ class DataKey:
 
     ``key_id`` is the ARN of the KMS key that wrapped it, ``encrypted_key`` the
     KMS CiphertextBlob, ``namespace`` the namespace it is bound to (None when
-    unbound). The plaintext key lives only inside the AESGCM object; ``repr``
+    unbound). ``metadata`` and ``aad`` are those of version 1; the methods take
+    ``compression`` (an algorithm of :data:`COMPRESSIONS`: version 2, or None:
+    version 1). The plaintext key lives only inside the AESGCM object; ``repr``
     never shows it.
     """
 
-    __slots__ = ("key_id", "encrypted_key", "namespace", "metadata", "aad", "_aead", "_payload_prefix")
+    __slots__ = ("key_id", "encrypted_key", "namespace", "metadata", "aad", "_aead", "_formats")
 
     def __init__(self, plaintext: bytes, key_id: str, encrypted_key: bytes, namespace: str | None) -> None:
         if len(plaintext) != KEY_SIZE:
@@ -98,31 +140,38 @@ class DataKey:
         self.key_id = key_id
         self.encrypted_key = encrypted_key
         self.namespace = namespace
-        self.metadata: Mapping[str, bytes] = envelope_metadata(key_id, encrypted_key, namespace)
-        self.aad = associated_data(key_id, encrypted_key, namespace)
+        self._formats = {
+            compression: _Format(key_id, encrypted_key, namespace, compression) for compression in (None, *COMPRESSIONS)
+        }
+        self.metadata = self._formats[None].metadata
+        self.aad = self._formats[None].aad
         self._aead = AESGCM(plaintext)
-        # Serialized metadata (field 1, sorted as deterministic serialization) and the tag of field 2.
-        self._payload_prefix = protowire.map_entries(1, self.metadata) + b"\x12"
 
-    def encrypt(self, plaintext: bytes, nonce: bytes) -> bytes:
+    def envelope(self, compression: str | None = None) -> Mapping[str, bytes]:
+        """The metadata of a payload of this key, compressed with ``compression`` (None: not)."""
+        return self._formats[compression].metadata
+
+    def encrypt(self, plaintext: bytes, nonce: bytes, compression: str | None = None) -> bytes:
         """Return ``nonce || ciphertext || tag``."""
-        return nonce + self._aead.encrypt(nonce, plaintext, self.aad)
+        return nonce + self._aead.encrypt(nonce, plaintext, self._formats[compression].aad)
 
-    def seal(self, payload: bytes, nonce: bytes) -> bytes:
-        """The serialized encrypted ``Payload`` of a serialized payload, built as bytes.
+    def seal(self, payload: bytes, nonce: bytes, compression: str | None = None) -> bytes:
+        """The serialized encrypted ``Payload`` of a serialized payload (``compression``: already
+        compressed with it), built as bytes.
 
-        Equal to ``Payload(metadata=self.metadata, data=self.encrypt(payload, nonce))``
-        serialized deterministically.
+        Equal to ``Payload(metadata=self.envelope(compression), data=self.encrypt(payload, nonce,
+        compression))`` serialized deterministically.
         """
-        sealed = self._aead.encrypt(nonce, payload, self.aad)
-        return b"".join((self._payload_prefix, protowire.varint(len(nonce) + len(sealed)), nonce, sealed))
+        form = self._formats[compression]
+        sealed = self._aead.encrypt(nonce, payload, form.aad)
+        return b"".join((form.prefix, protowire.varint(len(nonce) + len(sealed)), nonce, sealed))
 
-    def decrypt(self, data: bytes) -> bytes:
+    def decrypt(self, data: bytes, compression: str | None = None) -> bytes:
         """Reverse :meth:`encrypt`; raise :class:`AuthenticationFailed` on any mismatch."""
         if len(data) < NONCE_SIZE + TAG_SIZE:
             raise AuthenticationFailed()
         try:
-            return self._aead.decrypt(data[:NONCE_SIZE], data[NONCE_SIZE:], self.aad)
+            return self._aead.decrypt(data[:NONCE_SIZE], data[NONCE_SIZE:], self._formats[compression].aad)
         except InvalidTag:
             raise AuthenticationFailed() from None
 

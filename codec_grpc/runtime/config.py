@@ -249,6 +249,41 @@ SETTINGS: tuple[Setting, ...] = (
         parse_bool,
         "bind every payload to its namespace: decoding it under another namespace is refused",
     ),
+    # Compression before encryption (codec_grpc.core.compression, payload format v2).
+    Setting(
+        "COMPRESSION",
+        "off",
+        parse_choice("off", "zstd", "zlib"),
+        "compress payloads before encrypting them (format v2, which servers before it cannot decode): off, "
+        "zstd or zlib. Off by default: sizes of compressed payloads can leak secrets they hold beside text an "
+        "attacker chose (docs/security.md). Decoding v2 works whatever this says",
+    ),
+    Setting(
+        "COMPRESSION_LEVEL",
+        "",
+        parse_optional_int(1, 9),
+        "compression level, 1 (fastest) to 9 (smallest) for zstd and zlib alike. Unset: 1 (docs/benchmarks.md)",
+    ),
+    Setting(
+        "COMPRESSION_MIN_BYTES",
+        "4096",
+        parse_int(0, 2**31 - 1),
+        "payloads smaller than this stay uncompressed; so does any payload compression does not shrink",
+    ),
+    Setting(
+        "COMPRESSION_MAX_RATIO",
+        "100",
+        parse_int(1, 1_000_000),
+        "a compressed payload decompressing to more than this many times its compressed size is refused as a "
+        "bomb (INVALID_ARGUMENT / 400); encode leaves payloads that would compress beyond it uncompressed",
+    ),
+    Setting(
+        "DECOMPRESSED_MAX_BYTES",
+        "",
+        parse_optional_int(1024, 2**31 - 1),
+        "most bytes the payloads of one Decode request may decompress to, together; beyond, the request is "
+        "refused as a bomb (INVALID_ARGUMENT / 400). Unset: GRPC_MAX_MESSAGE_BYTES",
+    ),
     Setting(
         "KMS_KEY_ALIAS",
         "alias/temporal-codec-latest",
@@ -562,6 +597,11 @@ class Config:
     max_payloads_per_request: int
     default_namespace: str
     namespace_binding: bool
+    compression: str
+    compression_level: int | None
+    compression_min_bytes: int
+    compression_max_ratio: int
+    decompressed_max_bytes: int | None
     kms_key_alias: str
     namespace_key_aliases: Mapping[str, str]
     data_key_rotation_interval: float
@@ -690,6 +730,7 @@ def _check_consistency(config: Config) -> None:
             f"must be at least MAX_PAYLOADS_PER_REQUEST ({config.max_payloads_per_request}), "
             f"got {config.data_key_max_encryptions}",
         )
+    _check_compression(config)
     _check_auth(config)
     _check_external_storage(config)
     if not config.namespace_binding and config.auth_namespaces_claim:
@@ -751,6 +792,11 @@ def _check_auth(config: Config) -> None:
         for name, value in wanted.items():
             if not value:
                 raise ConfigError(name, "must be set when any of AUTH_JWKS_URL, AUTH_ISSUER, AUTH_AUDIENCE is set")
+
+
+def _check_compression(config: Config) -> None:
+    if config.compression_level is not None and config.compression == "off":
+        raise ConfigError("COMPRESSION_LEVEL", "has no effect with COMPRESSION=off: unset it, or set COMPRESSION")
 
 
 def _check_external_storage(config: Config) -> None:

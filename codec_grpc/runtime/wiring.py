@@ -18,7 +18,7 @@ from grpc_health.v1 import health
 from prometheus_client import CollectorRegistry
 
 from codec_grpc.access import AccessPolicy, TokenVerifier
-from codec_grpc.core import DataKey, EnvelopeCodec
+from codec_grpc.core import CompressionPolicy, DataKey, EnvelopeCodec
 from codec_grpc.core.namespaces import NamespaceScope
 from codec_grpc.gateway import InProcessUpstream
 from codec_grpc.keys import KeyManager, KeyPolicy
@@ -59,6 +59,17 @@ def key_policy(config: Config) -> KeyPolicy:
         decrypt_key_patterns=config.decrypt_key_arns,
         refusal_ttl=config.kms_refusal_ttl,
         max_slots=config.current_keys_max,
+    )
+
+
+def compression_policy(config: Config) -> CompressionPolicy:
+    """What Encode compresses (COMPRESSION) and the bounds of what Decode decompresses."""
+    return CompressionPolicy(
+        algorithm=None if config.compression == "off" else config.compression,
+        level=config.compression_level,
+        min_bytes=config.compression_min_bytes,
+        max_ratio=config.compression_max_ratio,
+        max_decompressed_bytes=config.decompressed_max_bytes or config.grpc_max_message_bytes,
     )
 
 
@@ -113,7 +124,12 @@ def build_app(config: Config, client: Any, registry: CollectorRegistry | None = 
     keys.resolve_master_keys()  # the allowlist; a failure is logged and retried when a payload needs it
     scope = namespace_scope(config)
     KeyCacheCollector(keys.stats, registry, scope.configured.__contains__)
-    codec = EnvelopeCodec(keys, bind_namespace=config.namespace_binding, accept_unbound=config.accept_unbound_payloads)
+    codec = EnvelopeCodec(
+        keys,
+        bind_namespace=config.namespace_binding,
+        accept_unbound=config.accept_unbound_payloads,
+        compression=compression_policy(config),
+    )
     limits = ServiceLimits(
         default_namespace=config.default_namespace,
         max_payloads=config.max_payloads_per_request,

@@ -27,3 +27,17 @@ def test_gateway_bench_prints_a_ratio_line_per_case() -> None:
     ], result.stdout
     assert all(float(inproc) > 0 and float(sidecar) > 0 for _, _, inproc, sidecar in rows), result.stdout
     assert "gRPC CodecService vs echo server" not in result.stdout  # --only gateway
+
+
+def test_compression_bench_prints_a_line_per_size_and_algorithm() -> None:
+    command = [sys.executable, "-m", "bench.compression", "--compression-levels", "default"]
+    command += ["--rounds", "1", "--scale", "0.2"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"gRPC transfer on loopback, both ends: \d+\.\d\d ns of CPU per byte", result.stdout)
+    rows = re.findall(r"^ +(\d+) (off|zstd|zlib) +(\d*) \| +(\d+) +(-?\d+\.\d)% \|", result.stdout, re.MULTILINE)
+    assert [(algorithm, level) for _, algorithm, level, _, _ in rows] == [("off", ""), ("zstd", "1"), ("zlib", "1")] * 5
+    sizes = sorted({int(size) for size, *_ in rows})
+    assert sizes[0] >= 1024 and sizes[-1] >= 1024 * 1024
+    assert all(float(saved) > 40 for _, algorithm, _, _, saved in rows if algorithm != "off"), result.stdout
+    assert re.search(r"^ +\d+ zstd +1 \|.*(ok|MISS)$", result.stdout, re.MULTILINE), result.stdout

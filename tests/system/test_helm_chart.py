@@ -578,6 +578,29 @@ def test_new_settings_reach_their_containers():
         assert env_of(container)["AUTH_ACCESS_TOKEN"] == "claim:client_id"
 
 
+def test_compression_settings_reach_the_server_and_are_checked_by_the_schema():
+    pod = containers_of(
+        by_kind(
+            template(
+                "codec.compression=zstd",
+                "codec.compressionLevel=9",
+                "codec.compressionMinBytes=4096",
+                "codec.compressionMaxRatio=200",
+                "codec.decompressedMaxBytes=8388608",
+            )
+        )
+    )
+    server = load_config(env_of(pod["codec-server"]))
+    assert (server.compression, server.compression_level, server.compression_min_bytes) == ("zstd", 9, 4096)
+    assert (server.compression_max_ratio, server.decompressed_max_bytes) == (200, 8388608)
+    defaults = env_of(containers_of(by_kind(template()))["codec-server"])
+    assert not {"COMPRESSION", "COMPRESSION_LEVEL", "DECOMPRESSED_MAX_BYTES"} & set(defaults)  # the server's own
+    for bad in ("codec.compression=gzip", "codec.compressionLevel=10", "codec.compressionMaxRatio=0"):
+        result = helm_template("--set", bad)
+        assert result.returncode != 0, bad
+        assert "values don't meet the specifications of the schema" in result.stderr
+
+
 def test_token_settings_under_gateway_settings_are_refused_with_where_they_went():
     result = helm_template("--set", "gateway.settings.authJwksUrl=https://idp.example/jwks")
     assert result.returncode != 0
