@@ -80,16 +80,16 @@ def provision_multi_region(clients: Mapping[str, Any], aliases: Iterable[str]) -
     return arns
 
 
-# A multi-Region key id is "mrk-" and 36 characters.
+# moto's multi-Region key ids: "mrk-" and a UUID (AWS's are "mrk-" and 32 hex digits).
 _MULTI_REGION_KEY_ID_LEN = 40
 
 
 def fix_multi_region_ciphertexts() -> None:
     """Let moto unwrap data keys of multi-Region keys: call before moto serves a request.
 
-    moto (5.2 at least) stores the key id in a 36-byte field of its ciphertext blobs, which cuts a
-    multi-Region key id ("mrk-" and a UUID, 40 characters) short; its Decrypt then finds no such key
-    and answers AccessDeniedException, in any Region. This widens the field (moto's own format,
+    moto (5.2 at least) stores the key id in a 36-byte field of its ciphertext blobs, which cuts its
+    own multi-Region key ids ("mrk-" and a UUID, 40 characters) short; its Decrypt then finds no such
+    key and answers AccessDeniedException, in any Region. This widens the field (moto's own format,
     nothing KMS clients see into) and strips the padding shorter ids get. Does nothing to a moto whose
     field is wide enough.
     """

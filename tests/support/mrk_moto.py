@@ -1,7 +1,7 @@
 """moto's KMS server able to unwrap data keys of multi-Region keys: ``python -m tests.support.mrk_moto -p PORT``.
 
-moto 5.2 cuts ``mrk-`` key ids short in its ciphertext blobs, so its Decrypt refuses every data key
-a multi-Region key wrapped (AccessDeniedException), in every Region. This runs moto's own server
+moto 5.2 cuts its ``mrk-`` key ids (40 characters) short in its ciphertext blobs, so its Decrypt
+refuses every data key a multi-Region key wrapped (AccessDeniedException), in every Region. This runs moto's own server
 main after :func:`codec_grpc.kms.devkms.fix_multi_region_ciphertexts` (the development KMS applies
 the same fix). One process holds every Region, as moto keeps one state per account and Region:
 a replica made with ReplicateKey shares its primary's key material, as in KMS.
