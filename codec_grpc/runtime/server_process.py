@@ -213,7 +213,7 @@ def _kms(config: Config) -> tuple[Any, Any]:
 def _wants_dev_kms(config: Config) -> bool:
     if config.dev_kms != "auto":
         return config.dev_kms == "on"
-    if config.aws_endpoint_url_kms:
+    if config.aws_endpoint_url_kms or config.kms_region_endpoints:
         return False
     return not aws_credentials_found()
 

@@ -141,3 +141,19 @@ def test_dev_kms_auto_stays_off_when_credentials_exist(kms_endpoint: str, make_k
     with server_process(env, tmp_path) as (stub, log):
         stub.Encode(pb.EncodeRequest(payloads=[pb.Payload(data=b"x")]))
     assert "DEVELOPMENT KMS" not in log.read_text()
+
+
+def test_dev_kms_auto_stays_off_when_region_endpoints_are_set(kms_endpoint: str, tmp_path: Path) -> None:
+    """KMS_REGION_ENDPOINTS configures KMS as AWS_ENDPOINT_URL_KMS does: no development KMS, even
+    without credentials (the KMS named is asked, and says no: resolution fails, the server serves)."""
+    env = {
+        **base_env(tmp_path),
+        "DEV_KMS": "auto",
+        "KMS_REGIONS": "us-east-1",
+        "KMS_REGION_ENDPOINTS": f"us-east-1={kms_endpoint}",
+    }
+    with server_process(env, tmp_path) as (stub, log):
+        assert stub.Stats(pb.StatsRequest()).kms_regions[0].region == "us-east-1"
+    text = log.read_text()
+    assert "DEVELOPMENT KMS" not in text
+    assert "master key alias/temporal-codec-latest in us-east-1 not resolved" in text
