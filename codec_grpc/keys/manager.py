@@ -130,7 +130,7 @@ class KeyManager(Generic[K]):
         )
         self._clock = clock
         self.allowlist = KeyAllowlist(policy.decrypt_key_patterns)
-        self._routes = routes_for(provider, self.allowlist.allows, on_fallback)
+        self._routes = routes_for(provider, self._allows, on_fallback)
         # Each master key in each Region (one target without KMS_REGIONS) -> when resolving it last failed.
         self._unresolved: dict[Target, float] = {
             target: float("-inf") for alias in policy.master_keys for target in self._routes.targets(alias)
@@ -194,7 +194,7 @@ class KeyManager(Generic[K]):
         outside = self._routes.refusal(key_arn)
         if outside is not None:
             raise outside
-        if not self.allowlist.allows(key_arn) and not self._resolves_to(key_arn):
+        if not self._allows(key_arn):
             raise self.allowlist.refusal(key_arn)
         refused = self._refused.peek(cache_key)
         if refused is not None:
@@ -339,6 +339,10 @@ class KeyManager(Generic[K]):
             self._unresolved.pop(target, None)
         name = _target_name(target)
         log.info("master key %s is %s", name, arn, extra={"event": "master_key_resolved", "key_arn": arn})
+
+    def _allows(self, key_arn: str) -> bool:
+        """The allowlist's answer, for a payload's key and for every Region's ARN a decode falls back to."""
+        return self.allowlist.allows(key_arn) or self._resolves_to(key_arn)
 
     def _resolves_to(self, key_arn: str) -> bool:
         """Retry the master keys not resolved yet (KMS was down at start?), then ask the allowlist again."""

@@ -267,6 +267,24 @@ def test_a_replica_the_allowlist_does_not_allow_is_not_asked(provider: FakeRegio
     assert same(listed.decryption_key(other_east, written.encrypted_key, "default"), written)
 
 
+def test_a_replica_not_resolved_at_start_is_resolved_when_a_decode_needs_it(provider: FakeRegionalProvider) -> None:
+    """us-west-2 was out when the server started: its replica is resolved (and allowed) when a decode
+    first needs to fall back to it, at most once per resolve_interval."""
+    clock = FakeClock()
+    provider.down.add(WEST)
+    keys = KeyManager(provider, KeyPolicy(default_alias="alias/default"), DataKey, clock=clock, spawn=inline)
+    assert list(keys.resolve_master_keys()) == ["alias/default in us-west-2"]
+    written = written_in(provider, EAST)
+    provider.down = {EAST}  # us-west-2 back, us-east-1 out
+    provider.calls.clear()
+    with pytest.raises(errors.KmsUnavailableError, match="not allowed"):  # retried too soon: not asked
+        keys.decryption_key(MRK_EAST, written.encrypted_key, "default")
+    assert provider.asked("DescribeKey") == []
+    clock.advance(30)
+    assert same(keys.decryption_key(MRK_EAST, written.encrypted_key, "default"), written)
+    assert provider.asked("DescribeKey") == [WEST] and MRK_WEST in keys.allowlist.resolved()
+
+
 def test_a_key_in_a_region_outside_kms_regions_is_refused_before_any_call(provider: FakeRegionalProvider) -> None:
     keys, _ = manager(provider, decrypt_key_patterns=("arn:aws:kms:*:111122223333:key/*",))
     elsewhere = "arn:aws:kms:eu-west-1:111122223333:key/mrk-1"
