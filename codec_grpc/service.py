@@ -210,7 +210,7 @@ def _parses(message: type[codec_pb2.EncodeRequest], request: bytes) -> bool:
 def visible_stats(stats: codec_pb2.StatsResponse, caller: Caller, access: AccessPolicy) -> codec_pb2.StatsResponse:
     """``stats`` as ``caller`` may see it: only the current keys of namespaces it may read stats of.
 
-    Keys bound to no namespace, and the last KMS error (which may name any master key), are shown
+    Keys bound to no namespace, and the last KMS errors (which may name any master key), are shown
     only to callers who may read the stats of every namespace.
     """
     everywhere = access.allows_everywhere(caller, "stats")
@@ -223,6 +223,8 @@ def visible_stats(stats: codec_pb2.StatsResponse, caller: Caller, access: Access
         if key.namespace and access.allows(caller, "stats", key.namespace):
             shown.current_keys.add().CopyFrom(key)
     shown.kms_last_error = ""
+    for region in shown.kms_regions:
+        region.last_error = ""
     return shown
 
 
@@ -249,6 +251,19 @@ def stats_response(
         data_key_renewal_failures=keys.refresh_failures,
         kms_last_error=keys.last_refresh_error,
     )
+    for region, calls in kms.regions.items():
+        response.kms_regions.add(
+            region=region,
+            generate_data_key_calls=calls.count("GenerateDataKey"),
+            decrypt_calls=calls.count("Decrypt"),
+            errors=calls.errors,
+            unavailable=sum(n for (_, outcome), n in calls.calls.items() if outcome == "unavailable"),
+            decrypt_short_circuited=calls.short_circuited,
+            decrypt_fallbacks=keys.fallbacks.get(("Decrypt", region), 0),
+            generate_data_key_fallbacks=keys.fallbacks.get(("GenerateDataKey", region), 0),
+            keys_paused=calls.paused,
+            last_error=calls.last_error,
+        )
     for current in keys.current_keys:
         response.current_keys.add(
             key_alias=current.alias,

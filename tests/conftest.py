@@ -5,6 +5,7 @@ pytest_plugins = [
     "tests.support.gateway",
     "tests.support.jwks",
     "tests.support.kms_proxy",
+    "tests.support.regions",
     "tests.support.storage",
     "tests.support.temporal",
 ]

@@ -318,7 +318,7 @@ def stats_json(stats: codec_pb2.StatsResponse) -> dict[str, Any]:
         "current_key_present": stats.current_key_present,
         "namespace": stats.namespace,
     }
-    skipped = {"current_key_age_seconds", "current_key_expires_in_seconds", "current_keys", *document}
+    skipped = {"current_key_age_seconds", "current_key_expires_in_seconds", "current_keys", "kms_regions", *document}
     for field in stats.DESCRIPTOR.fields:
         if field.name not in skipped:
             document[field.name] = getattr(stats, field.name)
@@ -333,5 +333,9 @@ def stats_json(stats: codec_pb2.StatsResponse) -> dict[str, Any]:
             "encryptions": key.encryptions,
         }
         for key in stats.current_keys
+    ]
+    # With KMS_REGIONS: each Region's counters, as numbers.
+    document["kms_regions"] = [
+        {field.name: getattr(region, field.name) for field in region.DESCRIPTOR.fields} for region in stats.kms_regions
     ]
     return document

@@ -6,9 +6,11 @@
 * :mod:`~codec_grpc.keys.caches`: the current-key and decrypted-key caches, with
   validated limits;
 * :mod:`~codec_grpc.keys.allowlist`: which master keys may decrypt (before any KMS call);
+* :mod:`~codec_grpc.keys.regions`: with KMS_REGIONS, which Region each KMS call goes to
+  (multi-Region keys: encodes and decodes survive a Region's outage);
 * :mod:`~codec_grpc.keys.singleflight`: concurrent misses share one provider call;
-* :mod:`~codec_grpc.keys.provider`: the :class:`KeyProvider` interface that the
-  KMS layer below implements (structurally: it does not import this package).
+* :mod:`~codec_grpc.keys.provider`: the :class:`KeyProvider` and :class:`RegionalKeyProvider`
+  interfaces that the KMS layer below implements (structurally: it does not import this package).
 """
 
 from codec_grpc.keys.allowlist import KeyAllowlist
@@ -22,7 +24,7 @@ from codec_grpc.keys.manager import (
     UnwrapBudget,
     WouldBlock,
 )
-from codec_grpc.keys.provider import KeyProvider, WrappedKey
+from codec_grpc.keys.provider import KeyProvider, RegionalKeyProvider, WrappedKey
 
 __all__ = [
     "CachedKeys",
@@ -32,6 +34,7 @@ __all__ = [
     "KeyPolicy",
     "KeyProvider",
     "KeyStats",
+    "RegionalKeyProvider",
     "RequestKeys",
     "UnwrapBudget",
     "WouldBlock",

@@ -4,6 +4,10 @@
 this batch?" and "which data key decrypts this payload?", from its caches when
 it can and through the key provider (KMS) when it must. Concurrent misses for
 the same key share one provider call (single-flight). Thread-safe.
+
+With KMS_REGIONS the provider has Regions, and :mod:`~codec_grpc.keys.regions` chooses the
+Region of every call: encodes in the first Region available, decodes of multi-Region keys in
+the next Region when the payload's own is unavailable.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from typing import Generic
 from codec_grpc import errors
 from codec_grpc.keys.allowlist import KeyAllowlist
 from codec_grpc.keys.caches import Clock, CurrentKeyCache, CurrentKeyInfo, DecryptedKeyCache, K, Slot
-from codec_grpc.keys.provider import KeyProvider
+from codec_grpc.keys.provider import KeyProvider, RegionalKeyProvider
+from codec_grpc.keys.regions import FallbackObserver, Target, routes_for
 from codec_grpc.keys.singleflight import SingleFlight
 
 log = logging.getLogger(__name__)
@@ -91,26 +96,30 @@ class KeyStats:
     refresh_failures: int = 0
     degraded: bool = False
     last_refresh_error: str = ""
+    # With KMS_REGIONS: KMS calls another Region served, by (operation, the Region that served them).
+    fallbacks: Mapping[tuple[str, str], int] = field(default_factory=dict)
 
 
 class KeyManager(Generic[K]):
     """Data keys for encryption (current key per slot) and decryption (unwrapped keys).
 
-    ``make_key`` builds the key objects the caches hold (see :data:`KeyFactory`).
+    ``make_key`` builds the key objects the caches hold (see :data:`KeyFactory`). A ``provider`` with
+    Regions (:class:`~codec_grpc.keys.provider.RegionalKeyProvider`) is asked Region by Region
+    (:mod:`~codec_grpc.keys.regions`), and ``on_fallback`` told of every call another Region served.
     """
 
     def __init__(
         self,
-        provider: KeyProvider,
+        provider: KeyProvider | RegionalKeyProvider,
         policy: KeyPolicy,
         make_key: KeyFactory[K],
         *,
         clock: Clock = time.monotonic,
         spawn: Callable[[Callable[[], None]], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        on_fallback: FallbackObserver | None = None,
     ) -> None:
         self.policy = policy
-        self._provider = provider
         self._make_key = make_key
         self._current: CurrentKeyCache[K] = CurrentKeyCache(
             max_age=policy.rotation_interval,
@@ -121,7 +130,11 @@ class KeyManager(Generic[K]):
         )
         self._clock = clock
         self.allowlist = KeyAllowlist(policy.decrypt_key_patterns)
-        self._unresolved: dict[str, float] = dict.fromkeys(policy.master_keys, float("-inf"))  # -> last try
+        self._routes = routes_for(provider, self._allows, on_fallback)
+        # Each master key in each Region (one target without KMS_REGIONS) -> when resolving it last failed.
+        self._unresolved: dict[Target, float] = {
+            target: float("-inf") for alias in policy.master_keys for target in self._routes.targets(alias)
+        }
         # Data keys KMS refused to unwrap, by (key ARN, encrypted key, binding): the error, for a while.
         self._refused: DecryptedKeyCache[_Refusal] = DecryptedKeyCache(
             ttl=policy.refusal_ttl, capacity=policy.refusal_capacity, clock=clock
@@ -170,14 +183,18 @@ class KeyManager(Generic[K]):
     ) -> K:
         """The data key ``encrypted_key`` wraps, unwrapped through KMS at most once while cached.
 
-        Before any KMS call: ``key_arn`` must be allowed (:mod:`~codec_grpc.keys.allowlist`), a data
-        key KMS found invalid lately is refused again, and the request's ``budget`` must have room.
+        Before any KMS call: ``key_arn`` must be in one of KMS_REGIONS (when set) and allowed
+        (:mod:`~codec_grpc.keys.allowlist`), a data key KMS found invalid lately is refused again,
+        and the request's ``budget`` must have room.
         """
         cache_key = (key_arn, encrypted_key, binding)
         key = self._decrypted.get(cache_key)
         if key is not None:
             return key
-        if not self.allowlist.allows(key_arn) and not self._resolves_to(key_arn):
+        outside = self._routes.refusal(key_arn)
+        if outside is not None:
+            raise outside
+        if not self._allows(key_arn):
             raise self.allowlist.refusal(key_arn)
         refused = self._refused.peek(cache_key)
         if refused is not None:
@@ -187,18 +204,24 @@ class KeyManager(Generic[K]):
         return self._unwrapping.do(cache_key, lambda: self._unwrap(key_arn, encrypted_key, binding))
 
     def resolve_master_keys(self) -> dict[str, str]:
-        """Resolve the configured master keys to their ARNs now (DescribeKey), for the allowlist.
+        """Resolve the configured master keys to their ARNs now (DescribeKey), for the allowlist; with
+        KMS_REGIONS, in each Region.
 
-        Returns the failures by master key; those are retried, at most once per ``resolve_interval``,
-        when a payload names a key not (yet) allowed, and again whenever a data key is generated.
+        Returns the failures by master key (``alias/x in us-west-2`` with KMS_REGIONS); those are
+        retried, at most once per ``resolve_interval``, when a payload names a key not (yet) allowed,
+        and again whenever a data key is generated.
         """
         failures: dict[str, str] = {}
-        for alias in list(self._unresolved):
+        for target in list(self._unresolved):
             try:
-                self._resolve(alias)
+                self._resolve(target)
             except errors.KeyProviderError as exc:
-                failures[alias] = str(exc)
-                log.warning("master key %s not resolved: %s; payloads under it are refused until it is", alias, exc)
+                failures[_target_name(target)] = str(exc)
+                log.warning(
+                    "master key %s not resolved: %s; payloads under it are refused until it is",
+                    _target_name(target),
+                    exc,
+                )
         return failures
 
     def cached_encryption_key(self, namespace: str, binding: str | None, count: int) -> K | None:
@@ -241,6 +264,7 @@ class KeyManager(Generic[K]):
             refresh_failures=refresh_failures,
             degraded=bool(failing),
             last_refresh_error=next(iter(failing.values()), ""),
+            fallbacks=self._routes.fallbacks(),
             cached_keys=decrypted_size + len(held) - in_both,
             current_keys=current,
             current_hits=self._current.hits,
@@ -306,30 +330,35 @@ class KeyManager(Generic[K]):
             if self._current.offer_next(slot, key):
                 log.info("next data key ready under %s for %s", key.key_id, _slot_name(slot))
 
-    def _resolve(self, alias: str) -> None:
+    def _resolve(self, target: Target) -> None:
         with self._lock:
-            self._unresolved[alias] = self._clock()
-        arn = self._provider.key_arn(alias)
+            self._unresolved[target] = self._clock()
+        arn = self._routes.key_arn(target)
         self.allowlist.allow(arn)
         with self._lock:
-            self._unresolved.pop(alias, None)
-        log.info("master key %s is %s", alias, arn, extra={"event": "master_key_resolved", "key_arn": arn})
+            self._unresolved.pop(target, None)
+        name = _target_name(target)
+        log.info("master key %s is %s", name, arn, extra={"event": "master_key_resolved", "key_arn": arn})
+
+    def _allows(self, key_arn: str) -> bool:
+        """The allowlist's answer, for a payload's key and for every Region's ARN a decode falls back to."""
+        return self.allowlist.allows(key_arn) or self._resolves_to(key_arn)
 
     def _resolves_to(self, key_arn: str) -> bool:
         """Retry the master keys not resolved yet (KMS was down at start?), then ask the allowlist again."""
         now = self._clock()
         with self._lock:
-            due = [alias for alias, tried in self._unresolved.items() if now - tried >= self.policy.resolve_interval]
-        for alias in due:
+            due = [target for target, tried in self._unresolved.items() if now - tried >= self.policy.resolve_interval]
+        for target in due:
             try:
-                self._resolve(alias)
+                self._resolve(target)
             except errors.KeyProviderError as exc:
-                log.warning("master key %s still not resolved: %s", alias, exc)
+                log.warning("master key %s still not resolved: %s", _target_name(target), exc)
         return bool(due) and self.allowlist.allows(key_arn)
 
     def _generate(self, slot: Slot) -> K:
         alias, binding = slot
-        generated = self._provider.generate_data_key(alias, binding)
+        generated = self._routes.generate(alias, binding)
         self.allowlist.allow(generated.key_arn)  # the alias's key now: an alias moved is picked up here
         key = self._make_key(generated.plaintext, generated.key_arn, generated.encrypted_key, binding)
         self._decrypted.put((key.key_id, key.encrypted_key, binding), key)
@@ -358,7 +387,7 @@ class KeyManager(Generic[K]):
         if key is not None:
             return key  # filled by a call that finished while this one was queued
         try:
-            plaintext = self._provider.decrypt_data_key(encrypted_key, key_arn, binding)
+            plaintext = self._routes.unwrap(encrypted_key, key_arn, binding)
         except errors.KmsInvalidCiphertextError as exc:
             # The data key's fault (altered, another key's, another namespace's): the same answer for a
             # while. Not an outage nor IAM or a disabled key, which an operator fixes and which must
@@ -383,6 +412,11 @@ class _Refusal:
 
 def _daemon_thread(target: Callable[[], None]) -> None:
     threading.Thread(target=target, name="data-key-refresh", daemon=True).start()
+
+
+def _target_name(target: Target) -> str:
+    key_id, region = target
+    return key_id if region is None or key_id.startswith("arn:") else f"{key_id} in {region}"
 
 
 def _slot_name(slot: Slot) -> str:

@@ -21,6 +21,8 @@ Spend is bounded: at most ``max_concurrent`` KMS calls at once (a call waits up 
 ``queue_timeout`` for its turn), and Decrypt calls at most ``decrypt_rate`` per second
 with bursts of ``decrypt_burst`` (a token bucket). A call over either limit is refused
 without a request, as :class:`~codec_grpc.errors.KmsUnavailableError` saying when to retry.
+The limits are the process's: with KMS_REGIONS, one :class:`KmsLimiter` is shared by the
+provider of every Region (:mod:`codec_grpc.kms.regions`).
 """
 
 from __future__ import annotations
@@ -137,14 +139,70 @@ class TokenBucket:
             return (1 - self._tokens) / self.rate
 
 
+class KmsLimiter:
+    """The KMS spend limits of one process (:class:`KmsLimits`): a Decrypt token bucket and a bound on
+    calls in flight, shared by every provider given it. Thread-safe."""
+
+    def __init__(
+        self,
+        limits: KmsLimits,
+        clock: Callable[[], float] = time.monotonic,
+        observer: ShortCircuitObserver | None = None,
+    ) -> None:
+        self.limits = limits
+        self._observer = observer
+        burst = limits.decrypt_burst or max(1, round(limits.decrypt_rate))
+        self._decrypts = TokenBucket(limits.decrypt_rate, burst, clock) if limits.decrypt_rate > 0 else None
+        self._slots = threading.BoundedSemaphore(limits.max_concurrent) if limits.max_concurrent > 0 else None
+        self._lock = threading.Lock()
+        self.limited = 0  # calls refused without a request
+
+    def take_token(self, operation: str, where: str) -> None:
+        """Spend a Decrypt token, or refuse the call (``where`` names it) without a request."""
+        if operation != "Decrypt" or self._decrypts is None:
+            return
+        wait = self._decrypts.take()
+        if wait > 0:
+            self._refuse(
+                operation,
+                f"{where}: not sent, this server's Decrypt budget is spent "
+                f"(KMS_DECRYPT_RATE={self._decrypts.rate:g}/s, KMS_DECRYPT_BURST={self._decrypts.burst}); "
+                f"retry in {math.ceil(wait)}s",
+            )
+
+    def acquire(self, operation: str, where: str) -> None:
+        """Wait up to ``queue_timeout`` for a slot in flight, or refuse the call without a request."""
+        if self._slots is not None and not self._slots.acquire(timeout=self.limits.queue_timeout):
+            self._refuse(
+                operation,
+                f"{where}: not sent, {self.limits.max_concurrent} KMS calls are "
+                f"in flight already (KMS_MAX_CONCURRENT_CALLS); retry in 1s",
+            )
+
+    def release(self) -> None:
+        if self._slots is not None:
+            self._slots.release()
+
+    def _refuse(self, operation: str, message: str) -> None:
+        with self._lock:
+            self.limited += 1
+        if self._observer is not None:
+            self._observer(operation)
+        raise errors.KmsUnavailableError(message)
+
+
 @dataclass(frozen=True)
 class KmsCallStats:
-    """Counts of KMS calls by operation and outcome, and their total duration."""
+    """Counts of KMS calls by operation and outcome, and their total duration; with KMS_REGIONS, the
+    same per Region in ``regions`` (the top level sums them)."""
 
     calls: Mapping[tuple[str, str], int]
     seconds: Mapping[str, float]
     short_circuited: int = 0  # Decrypt calls refused without a request (fail fast)
     limited: int = 0  # calls refused without a request by the rate or concurrency limit
+    paused: int = 0  # master keys (or aliases) in their fail-fast pause now
+    last_error: str = ""  # the last failed call's error
+    regions: Mapping[str, KmsCallStats] = field(default_factory=dict)
 
     def count(self, operation: str, outcome: str | None = None) -> int:
         return sum(n for (op, out), n in self.calls.items() if op == operation and outcome in (None, out))
@@ -158,6 +216,9 @@ class KmsKeyProvider:
     """Generates and unwraps data keys through an injected boto3 KMS client. Thread-safe.
 
     Implements ``codec_grpc.keys.KeyProvider`` (structurally: this layer imports nothing above it).
+    ``region`` names the client's Region in messages about calls whose key id does not (an alias),
+    when the provider is one Region's of several (:mod:`codec_grpc.kms.regions`). ``limiter``
+    shares another provider's spend limits; without it ``limits`` makes this provider's own.
     """
 
     def __init__(
@@ -170,26 +231,24 @@ class KmsKeyProvider:
         *,
         limits: KmsLimits | None = None,
         limited_observer: ShortCircuitObserver | None = None,
+        region: str = "",
+        limiter: KmsLimiter | None = None,
     ) -> None:
         if fail_fast < 0:
             raise ValueError(f"fail_fast must be 0 or more, got {fail_fast}")
-        limits = limits or KmsLimits()
         self._client = client
         self._observer = observer
         self._short_circuit_observer = short_circuit_observer
-        self._limited_observer = limited_observer
         self._fail_fast = fail_fast
         self._clock = clock
+        self.region = region
         # Per master key: when its fail-fast pause ends, and why it began. Keys reach here only once
         # allowed (configured, or DECRYPT_KEY_ARNS), so these stay as small as the configuration.
         self._unavailable_until: dict[str, float] = {}
         self._last_unavailable: dict[str, str] = {}
+        self._last_error = ""
         self._short_circuited = 0
-        self._limited = 0
-        self._limits = limits
-        burst = limits.decrypt_burst or max(1, round(limits.decrypt_rate))
-        self._decrypts = TokenBucket(limits.decrypt_rate, burst, clock) if limits.decrypt_rate > 0 else None
-        self._slots = threading.BoundedSemaphore(limits.max_concurrent) if limits.max_concurrent > 0 else None
+        self.limiter = limiter or KmsLimiter(limits or KmsLimits(), clock, limited_observer)
         self._lock = threading.Lock()
         self._calls: Counter[tuple[str, str]] = Counter()
         self._seconds: dict[str, float] = defaultdict(float)
@@ -234,14 +293,28 @@ class KmsKeyProvider:
             raise errors.KmsResponseError(f"KMS DescribeKey for {key_id} returned no ARN")
         return arn
 
+    def paused(self, key_id: str) -> bool:
+        """Whether KMS was found unavailable for ``key_id`` less than ``fail_fast`` seconds ago."""
+        with self._lock:
+            return self._unavailable_until.get(key_id, 0.0) > self._clock()
+
     def stats(self) -> KmsCallStats:
         with self._lock:
+            now = self._clock()
             return KmsCallStats(
                 calls=dict(self._calls),
                 seconds=dict(self._seconds),
                 short_circuited=self._short_circuited,
-                limited=self._limited,
+                limited=self.limiter.limited,
+                paused=sum(1 for until in self._unavailable_until.values() if until > now),
+                last_error=self._last_error,
             )
+
+    def _where(self, operation: str, key_id: str) -> str:
+        """How messages name a call: its operation and key, and the Region when the key id does not say."""
+        if self.region and not key_id.startswith("arn:"):
+            return f"KMS {operation} with key {key_id} in {self.region}"
+        return f"KMS {operation} with key {key_id}"
 
     def _short_circuit(self, operation: str, key_id: str) -> None:
         """Refuse a Decrypt at once while KMS was found unavailable for its master key less than
@@ -257,29 +330,10 @@ class KmsKeyProvider:
         if self._short_circuit_observer is not None:
             self._short_circuit_observer(operation)
         raise errors.KmsUnavailableError(
-            f"KMS {operation} with key {key_id}: not tried, KMS was unavailable for this key moments ago "
+            f"{self._where(operation, key_id)}: not tried, KMS was unavailable for this key moments ago "
             f"({last}); the next attempt is in {left:.1f}s at most (KMS_FAIL_FAST_SECONDS); "
             f"retry in {math.ceil(left)}s"
         )
-
-    def _take_token(self, operation: str, key_id: str) -> None:
-        if operation != "Decrypt" or self._decrypts is None:
-            return
-        wait = self._decrypts.take()
-        if wait > 0:
-            self._refuse_limited(
-                operation,
-                f"KMS {operation} with key {key_id}: not sent, this server's Decrypt budget is spent "
-                f"(KMS_DECRYPT_RATE={self._decrypts.rate:g}/s, KMS_DECRYPT_BURST={self._decrypts.burst}); "
-                f"retry in {math.ceil(wait)}s",
-            )
-
-    def _refuse_limited(self, operation: str, message: str) -> None:
-        with self._lock:
-            self._limited += 1
-        if self._limited_observer is not None:
-            self._limited_observer(operation)
-        raise errors.KmsUnavailableError(message)
 
     def _record(  # noqa: PLR0917 - one call site
         self,
@@ -293,6 +347,8 @@ class KmsKeyProvider:
         with self._lock:
             self._calls[(operation, outcome)] += 1
             self._seconds[operation] += seconds
+            if error is not None:
+                self._last_error = str(error)
             if isinstance(error, errors.KmsUnavailableError):
                 self._unavailable_until[key_id] = self._clock() + self._fail_fast
                 self._last_unavailable[key_id] = str(error).rpartition(": ")[2].removesuffix("; retry later")
@@ -305,18 +361,13 @@ class KmsKeyProvider:
 
     def _call(self, operation: str, key_id: str, **params: Any) -> dict[str, Any]:
         self._short_circuit(operation, key_id)
-        self._take_token(operation, key_id)
-        if self._slots is not None and not self._slots.acquire(timeout=self._limits.queue_timeout):
-            self._refuse_limited(
-                operation,
-                f"KMS {operation} with key {key_id}: not sent, {self._limits.max_concurrent} KMS calls are "
-                f"in flight already (KMS_MAX_CONCURRENT_CALLS); retry in 1s",
-            )
+        where = self._where(operation, key_id)
+        self.limiter.take_token(operation, where)
+        self.limiter.acquire(operation, where)
         try:
             return self._send(operation, key_id, params)
         finally:
-            if self._slots is not None:
-                self._slots.release()
+            self.limiter.release()
 
     def _send(self, operation: str, key_id: str, params: dict[str, Any]) -> dict[str, Any]:
         method = getattr(self._client, _METHODS[operation])
@@ -330,7 +381,7 @@ class KmsKeyProvider:
             answered = result.get("KeyId") if isinstance(result.get("KeyId"), str) else None
             return result
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            translated = _translate(exc, operation, key_id)
+            translated = _translate(exc, operation, self._where(operation, key_id))
             outcome = _outcome(translated)
             raise translated from exc
         finally:
@@ -341,9 +392,8 @@ _METHODS = {"GenerateDataKey": "generate_data_key", "Decrypt": "decrypt", "Descr
 
 
 def _translate(  # noqa: PLR0911 - one return per kind of KMS failure
-    exc: botocore.exceptions.BotoCoreError | botocore.exceptions.ClientError, operation: str, key_id: str
+    exc: botocore.exceptions.BotoCoreError | botocore.exceptions.ClientError, operation: str, where: str
 ) -> errors.KeyProviderError:
-    where = f"KMS {operation} with key {key_id}"
     if isinstance(exc, botocore.exceptions.ParamValidationError):
         code = type(exc).__name__  # its report may quote the parameters: not shown
         if operation == "Decrypt":

@@ -25,6 +25,7 @@ from codec_grpc.core.namespaces import parse_namespace
 from codec_grpc.errors import ConfigError
 from codec_grpc.keys.allowlist import parse_key_patterns
 from codec_grpc.keys.caches import MAX_ENCRYPTIONS_LIMIT
+from codec_grpc.keys.regions import in_region
 
 _ORIGIN_RE = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$|^https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?/?$")
 
@@ -158,6 +159,39 @@ def parse_hosts(text: str) -> frozenset[str]:
 
 def parse_audiences(text: str) -> tuple[str, ...]:
     return tuple(filter(None, (part.strip() for part in text.split(","))))
+
+
+_REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$")
+
+
+def parse_region(text: str) -> str:
+    value = text.strip()
+    if not _REGION_RE.match(value):
+        raise ValueError(f"expected AWS Region names like us-east-1, got {text[:100]!r}")
+    return value
+
+
+def parse_regions(text: str) -> tuple[str, ...]:
+    regions = tuple(parse_region(part) for part in text.split(",") if part.strip())
+    for index, region in enumerate(regions):
+        if region in regions[:index]:
+            raise ValueError(f"Region {region} is listed twice")
+    return regions
+
+
+def parse_region_endpoints(text: str) -> Mapping[str, str]:
+    endpoints: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        region, sep, url = item.partition("=")
+        if not sep:
+            raise ValueError(f"expected REGION=URL pairs separated by commas, got {item[:100]!r}")
+        region, endpoint = parse_region(region), parse_http_url(url)
+        if endpoint is None:
+            raise ValueError(f"Region {region} has no URL")
+        if region in endpoints:
+            raise ValueError(f"Region {region} is listed twice")
+        endpoints[region] = endpoint
+    return MappingProxyType(endpoints)
 
 
 def parse_namespace_aliases(text: str) -> Mapping[str, str]:
@@ -388,6 +422,22 @@ SETTINGS: tuple[Setting, ...] = (
         "1000",
         parse_int(1, 1_000_000),
         "current data keys held (one per master key and namespace); the least recently used goes first",
+    ),
+    Setting(
+        "KMS_REGIONS",
+        "",
+        parse_regions,
+        "AWS Regions of the master keys (multi-Region keys, mrk-), in order of preference, comma-separated "
+        "(us-east-1,us-west-2): new data keys come from the first Region available; a payload's data key is "
+        "unwrapped in its key's Region, and when KMS there is unavailable with the same multi-Region key in the "
+        "next. Unset: one Region (AWS_REGION), no fallback",
+    ),
+    Setting(
+        "KMS_REGION_ENDPOINTS",
+        "",
+        parse_region_endpoints,
+        "KMS endpoint URL per Region of KMS_REGIONS, as REGION=URL pairs, comma-separated; a Region not "
+        "listed uses AWS_ENDPOINT_URL_KMS when set, else AWS's endpoint for that Region",
     ),
     Setting(
         "DEV_KMS",
@@ -624,6 +674,8 @@ class Config:
     kms_refusal_ttl: float
     allowed_namespaces: tuple[str, ...]
     current_keys_max: int
+    kms_regions: tuple[str, ...]
+    kms_region_endpoints: Mapping[str, str]
     dev_kms: str
     log_level: str
     gateway_enabled: bool
@@ -733,6 +785,7 @@ def _check_consistency(config: Config) -> None:
     _check_compression(config)
     _check_auth(config)
     _check_external_storage(config)
+    _check_kms_regions(config)
     if not config.namespace_binding and config.auth_namespaces_claim:
         # Without binding a payload of any namespace decodes under a permitted one: the grant means nothing.
         # (A policy file that limits namespaces is refused alike when it is read: runtime.access.)
@@ -811,6 +864,24 @@ def _check_external_storage(config: Config) -> None:
             "EXTERNAL_STORAGE_BUCKET",
             f"{bucket!r} must be one of EXTERNAL_STORAGE_BUCKETS, or the references /encode writes could not be read",
         )
+
+
+def _check_kms_regions(config: Config) -> None:
+    """Endpoints only for Regions of KMS_REGIONS; every master key usable in one of them."""
+    regions = config.kms_regions
+    for region in config.kms_region_endpoints:
+        if region not in regions:
+            listed = ", ".join(regions) or "unset"
+            raise ConfigError("KMS_REGION_ENDPOINTS", f"Region {region} is not in KMS_REGIONS ({listed})")
+    if not regions:
+        return
+    for master_key in (config.kms_key_alias, *config.namespace_key_aliases.values()):
+        if all(in_region(master_key, region) is None for region in regions):
+            raise ConfigError(
+                "KMS_REGIONS",
+                f"master key {master_key} is a single-Region key of none of these Regions ({', '.join(regions)}): "
+                "name its Region, or use an alias or a multi-Region key",
+            )
 
 
 def _check_pair(cert_name: str, cert: str | None, key_name: str, key: str | None) -> None:

@@ -10,7 +10,8 @@ feed these through hooks and small interfaces, and import no Prometheus code:
   ``grpc_server_handling_seconds``; plus payloads and bytes per method.
 * KMS requests (:class:`KmsMetrics`, fed by the KMS provider's ``observer`` hook),
   and the calls its fail-fast pause refused without a request
-  (``short_circuit_observer`` hook).
+  (``short_circuit_observer`` hook), by Region; with KMS_REGIONS, the calls another
+  Region served (the key manager's ``on_fallback`` hook).
 * Data-key caches and current keys (:data:`CACHE_FAMILIES`, exposed by
   :class:`KeyCacheCollector`), read from the key manager's ``stats()`` at scrape
   time: no state is copied or can go stale.
@@ -234,44 +235,61 @@ class MethodMetrics:
 
 
 class KmsMetrics:
-    """KMS requests by operation and outcome, their latency, and calls refused without a request.
+    """KMS requests by Region, operation and outcome, their latency, and calls refused without a request.
 
-    Pass :meth:`observe` as the KMS provider's ``observer``; it is called once per
-    KMS call (retries inside botocore included in its duration). Pass
-    :meth:`short_circuited` as its ``short_circuit_observer``: called once per call
-    that KMS_FAIL_FAST_SECONDS refused at once (no KMS request, so not in
-    ``kms_requests_total``). Counters fed by hooks, not read from the provider's
-    ``stats()`` at scrape time, so that they also add up across WORKERS > 1.
+    ``regions`` are the values of the ``region`` label: KMS_REGIONS, or the one Region of the KMS
+    client, so the label is bounded by the configuration. Pass :meth:`observer` (one Region's
+    :meth:`observe`) as each Region's KMS provider's ``observer``; it is called once per KMS call
+    (retries inside botocore included in its duration). Pass :meth:`short_circuit_observer` as its
+    ``short_circuit_observer``: called once per call that KMS_FAIL_FAST_SECONDS refused at once (no
+    KMS request, so not in ``kms_requests_total``). Pass :meth:`fallback` as the key manager's
+    ``on_fallback``. Counters fed by hooks, not read from the provider's ``stats()`` at scrape time,
+    so that they also add up across WORKERS > 1.
     """
 
     # The only operation the provider short-circuits (GenerateDataKey never is); its series exists
     # from the start, at 0, so that rate() and increase() see the first refusal.
     SHORT_CIRCUITED_OPERATIONS = ("Decrypt",)
+    FALLBACK_OPERATIONS = ("Decrypt", "GenerateDataKey")
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, regions: tuple[str, ...] = ("",), *, fallbacks: bool = False
+    ) -> None:
         self.requests = Counter(
             f"{PREFIX}_kms_requests",
-            "KMS calls by operation (GenerateDataKey, Decrypt) and outcome "
+            "KMS calls by Region, operation (GenerateDataKey, Decrypt, DescribeKey) and outcome "
             "(success, unavailable, access_denied, invalid_ciphertext, error).",
-            ("operation", "outcome"),
+            ("region", "operation", "outcome"),
             registry=registry,
         )
         self.latency = Histogram(
             f"{PREFIX}_kms_request_duration_seconds",
             "Duration of KMS calls, botocore retries included.",
-            ("operation",),
+            ("region", "operation"),
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.short_circuits = Counter(
             f"{PREFIX}_kms_short_circuited",
-            "KMS calls refused at once, without a request, because KMS was found unavailable "
-            "less than KMS_FAIL_FAST_SECONDS ago (Decrypt only).",
-            ("operation",),
+            "KMS calls refused at once, without a request, because KMS in that Region was found unavailable "
+            "for their master key less than KMS_FAIL_FAST_SECONDS ago (Decrypt only).",
+            ("region", "operation"),
             registry=registry,
         )
-        for operation in self.SHORT_CIRCUITED_OPERATIONS:
-            self.short_circuits.labels(operation)
+        for region in regions:
+            for operation in self.SHORT_CIRCUITED_OPERATIONS:
+                self.short_circuits.labels(region, operation)
+        self.fallbacks = Counter(
+            f"{PREFIX}_kms_fallbacks",
+            "With KMS_REGIONS: KMS calls served by another Region than the first choice (the payload key's own "
+            "Region for Decrypt, the first of KMS_REGIONS for GenerateDataKey) because KMS there was "
+            "unavailable, by the Region that served them.",
+            ("region", "operation"),
+            registry=registry,
+        )
+        for region in regions if fallbacks else ():
+            for operation in self.FALLBACK_OPERATIONS:
+                self.fallbacks.labels(region, operation)
         self.limits = Counter(
             f"{PREFIX}_kms_limited",
             "KMS calls refused at once, without a request, because this server's own limits were "
@@ -282,12 +300,23 @@ class KmsMetrics:
         for operation in ("Decrypt", "GenerateDataKey"):
             self.limits.labels(operation)
 
-    def observe(self, operation: str, outcome: str, seconds: float) -> None:
-        self.requests.labels(operation, outcome).inc()
-        self.latency.labels(operation).observe(seconds)
+    def observe(self, operation: str, outcome: str, seconds: float, region: str = "") -> None:
+        self.requests.labels(region, operation, outcome).inc()
+        self.latency.labels(region, operation).observe(seconds)
 
-    def short_circuited(self, operation: str) -> None:
-        self.short_circuits.labels(operation).inc()
+    def short_circuited(self, operation: str, region: str = "") -> None:
+        self.short_circuits.labels(region, operation).inc()
+
+    def observer(self, region: str) -> Callable[[str, str, float], None]:
+        """:meth:`observe` for the KMS provider of ``region``."""
+        return lambda operation, outcome, seconds: self.observe(operation, outcome, seconds, region)
+
+    def short_circuit_observer(self, region: str) -> Callable[[str], None]:
+        """:meth:`short_circuited` for the KMS provider of ``region``."""
+        return lambda operation: self.short_circuited(operation, region)
+
+    def fallback(self, operation: str, region: str) -> None:
+        self.fallbacks.labels(region, operation).inc()
 
     def limited(self, operation: str) -> None:
         self.limits.labels(operation).inc()

@@ -45,7 +45,14 @@ from codec_grpc.runtime.multiprocess import (
     forget_process,
     multiprocess_registry,
 )
-from codec_grpc.runtime.wiring import CodecApp, build_app, in_process_upstream, kms_client, namespace_scope
+from codec_grpc.runtime.wiring import (
+    CodecApp,
+    build_app,
+    in_process_upstream,
+    kms_client,
+    kms_clients,
+    namespace_scope,
+)
 from codec_grpc.runtime.workers import Supervisor, fork_workers, reserved_ports
 
 log = logging.getLogger("codec_server")
@@ -178,19 +185,21 @@ def _supervisor_metrics(config: Config, metrics_dir: str, supervisor: Supervisor
 
 
 def _kms(config: Config) -> tuple[Any, Any]:
-    """The boto3 KMS client, against the embedded development KMS when that is asked for."""
+    """The boto3 KMS client (with KMS_REGIONS, one per Region), against the embedded development KMS
+    when that is asked for."""
     if not _wants_dev_kms(config):
-        return None, kms_client(config)
+        return None, kms_clients(config) if config.kms_regions else kms_client(config)
     server = devkms.DevKms()
     url = server.start()
-    client = kms_client(
-        config,
-        endpoint_url=url,
-        region_name=config.aws_region or devkms.DEV_REGION,
-        aws_access_key_id=devkms.DEV_ACCESS_KEY,
-        aws_secret_access_key=devkms.DEV_SECRET_KEY,
-    )
-    aliases = devkms.provision(client, [config.kms_key_alias, *config.namespace_key_aliases.values()])
+    credentials = {"aws_access_key_id": devkms.DEV_ACCESS_KEY, "aws_secret_access_key": devkms.DEV_SECRET_KEY}
+    wanted = [config.kms_key_alias, *config.namespace_key_aliases.values()]
+    client: Any
+    if config.kms_regions:
+        client = kms_clients(config, endpoint_url=url, **credentials)
+        aliases = devkms.provision_multi_region(client, wanted)
+    else:
+        client = kms_client(config, endpoint_url=url, region_name=config.aws_region or devkms.DEV_REGION, **credentials)
+        aliases = devkms.provision(client, wanted)
     banner = "!" * 78
     log.warning(banner)
     log.warning("DEVELOPMENT KMS at %s (moto, in memory): keys vanish when this process stops.", url)
@@ -204,7 +213,7 @@ def _kms(config: Config) -> tuple[Any, Any]:
 def _wants_dev_kms(config: Config) -> bool:
     if config.dev_kms != "auto":
         return config.dev_kms == "on"
-    if config.aws_endpoint_url_kms:
+    if config.aws_endpoint_url_kms or config.kms_region_endpoints:
         return False
     return not aws_credentials_found()
 
@@ -277,11 +286,12 @@ def _banner(app: CodecApp) -> None:
     config = app.config
     tls = "mtls" if config.tls_client_ca_file else "tls" if config.tls_cert_file else "plaintext"
     log.info(
-        "codec server listening on %s:%d (gRPC, %s); default master key %s; namespace binding %s",
+        "codec server listening on %s:%d (gRPC, %s); default master key %s%s; namespace binding %s",
         config.grpc_host,
         app.port,
         tls,
         config.kms_key_alias,
+        f" in {', '.join(config.kms_regions)}" if config.kms_regions else "",
         "on" if config.namespace_binding else "off",
         extra={
             "event": "started",
@@ -290,6 +300,7 @@ def _banner(app: CodecApp) -> None:
             "tls": tls,
             "kms_key_alias": config.kms_key_alias,
             "namespace_key_aliases": dict(config.namespace_key_aliases),
+            "kms_regions": list(config.kms_regions),
             "namespace_binding": config.namespace_binding,
             "metrics_enabled": config.metrics_enabled,
             "shutdown_grace_seconds": config.shutdown_grace,

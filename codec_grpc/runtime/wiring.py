@@ -1,14 +1,15 @@
 """Composition root: builds the service's objects from a :class:`~codec_grpc.runtime.config.Config`.
 
-Layers, each built from the one below: boto3 KMS client → KMS key provider →
-key manager (caches) → envelope codec → service → gRPC servicer and server; and
-the in-process upstream through which ``server.py``'s HTTP gateway calls the
-same service.
+Layers, each built from the one below: boto3 KMS client (one per Region with
+KMS_REGIONS) → KMS key provider → key manager (caches) → envelope codec → service →
+gRPC servicer and server; and the in-process upstream through which ``server.py``'s
+HTTP gateway calls the same service.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ from codec_grpc.core import CompressionPolicy, DataKey, EnvelopeCodec
 from codec_grpc.core.namespaces import NamespaceScope
 from codec_grpc.gateway import InProcessUpstream
 from codec_grpc.keys import KeyManager, KeyPolicy
-from codec_grpc.kms import KmsKeyProvider, KmsLimits
+from codec_grpc.kms import KmsKeyProvider, KmsLimiter, KmsLimits, RegionalKmsKeyProvider
 from codec_grpc.kms.client import kms_client as boto_kms_client
 from codec_grpc.rpc import CallObserver, CodecServicer, ObservedHealthServicer, ServerOptions, create_server
 from codec_grpc.rpc.server import serving_status
@@ -45,6 +46,55 @@ def kms_client(config: Config, **overrides: Any) -> Any:
         max_attempts=config.kms_max_attempts,
         **overrides,
     )
+
+
+def kms_clients(config: Config, **overrides: Any) -> dict[str, Any]:
+    """With KMS_REGIONS: a boto3 KMS client per Region, in their order. Each Region's endpoint is its
+    KMS_REGION_ENDPOINTS entry, else AWS_ENDPOINT_URL_KMS, else AWS's; an ``endpoint_url`` override
+    (the development KMS) serves every Region. Other ``overrides`` as for :func:`kms_client`."""
+    overrides.pop("region_name", None)
+    endpoint = overrides.pop("endpoint_url", None)
+    return {
+        region: kms_client(
+            config,
+            region_name=region,
+            endpoint_url=endpoint or config.kms_region_endpoints.get(region) or config.aws_endpoint_url_kms,
+            **overrides,
+        )
+        for region in config.kms_regions
+    }
+
+
+def kms_provider(config: Config, client: Any, metrics: KmsMetrics) -> KmsKeyProvider | RegionalKmsKeyProvider:
+    """The KMS key provider around ``client`` (with KMS_REGIONS: each Region's client, :func:`kms_clients`),
+    its calls counted in ``metrics``; every Region shares the process's spend limits."""
+    limits = KmsLimits(
+        decrypt_rate=config.kms_decrypt_rate,
+        decrypt_burst=config.kms_decrypt_burst,
+        max_concurrent=config.kms_max_concurrent_calls,
+    )
+    limiter = KmsLimiter(limits, observer=metrics.limited)
+
+    def provider(region_client: Any, region: str, label: str) -> KmsKeyProvider:
+        return KmsKeyProvider(
+            region_client,
+            observer=metrics.observer(label),
+            fail_fast=config.kms_fail_fast_seconds,
+            short_circuit_observer=metrics.short_circuit_observer(label),
+            region=region,
+            limiter=limiter,
+        )
+
+    if not config.kms_regions:
+        return provider(client, "", client_region(client))
+    if not isinstance(client, Mapping) or tuple(client) != config.kms_regions:
+        raise ValueError(f"KMS_REGIONS needs one KMS client per Region, in its order: {config.kms_regions}")
+    return RegionalKmsKeyProvider({region: provider(client[region], region, region) for region in config.kms_regions})
+
+
+def client_region(client: Any) -> str:
+    """The Region a boto3 client was made for ('' for a stand-in without one)."""
+    return str(getattr(getattr(client, "meta", None), "region_name", "") or "")
 
 
 def key_policy(config: Config) -> KeyPolicy:
@@ -83,7 +133,7 @@ class CodecApp:
     """Everything a running codec server holds."""
 
     config: Config
-    provider: KmsKeyProvider
+    provider: KmsKeyProvider | RegionalKmsKeyProvider
     keys: KeyManager[DataKey]
     codec: EnvelopeCodec
     service: CodecService
@@ -99,7 +149,8 @@ class CodecApp:
 
 
 def build_app(config: Config, client: Any, registry: CollectorRegistry | None = None) -> CodecApp:
-    """Wire the layers together around an injected boto3 KMS client; the server is not started.
+    """Wire the layers together around an injected boto3 KMS client (with KMS_REGIONS, a mapping of
+    each Region to its client: :func:`kms_clients`); the server is not started.
 
     Metrics go to ``registry`` (a fresh one when None); serving them is the caller's choice.
     """
@@ -107,20 +158,10 @@ def build_app(config: Config, client: Any, registry: CollectorRegistry | None = 
     # What the configuration alone can refuse (the policy file), before anything asks KMS.
     access = access_policy(config)
     verifier = token_verifier(config)
-    kms_metrics = KmsMetrics(registry)
-    provider = KmsKeyProvider(
-        client,
-        observer=kms_metrics.observe,
-        fail_fast=config.kms_fail_fast_seconds,
-        short_circuit_observer=kms_metrics.short_circuited,
-        limits=KmsLimits(
-            decrypt_rate=config.kms_decrypt_rate,
-            decrypt_burst=config.kms_decrypt_burst,
-            max_concurrent=config.kms_max_concurrent_calls,
-        ),
-        limited_observer=kms_metrics.limited,
-    )
-    keys = KeyManager(provider, key_policy(config), DataKey)
+    regions = config.kms_regions or (client_region(client),)
+    kms_metrics = KmsMetrics(registry, regions, fallbacks=bool(config.kms_regions))
+    provider = kms_provider(config, client, kms_metrics)
+    keys = KeyManager(provider, key_policy(config), DataKey, on_fallback=kms_metrics.fallback)
     keys.resolve_master_keys()  # the allowlist; a failure is logged and retried when a payload needs it
     scope = namespace_scope(config)
     KeyCacheCollector(keys.stats, registry, scope.configured.__contains__)

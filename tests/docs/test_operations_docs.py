@@ -32,7 +32,9 @@ def exposed_metric_names() -> set[str]:
     method.start()
     method.finished(grpc.StatusCode.OK, 0.01)
     grpc_metrics.payloads_processed("Encode", 1, 10, 20)
-    KmsMetrics(registry).observe("Decrypt", "success", 0.01)
+    kms = KmsMetrics(registry, ("us-east-1", "us-west-2"), fallbacks=True)
+    kms.observe("Decrypt", "success", 0.01, "us-east-1")
+    kms.fallback("Decrypt", "us-west-2")
     GatewayMetrics(registry).observe("decode", "POST", 200, 0.01)
     StorageMetrics(registry, OUTCOMES, REFUSALS).observe("GetObject", "success", 0.01, 100)
     current = current_key("alias/a", "ns", age=1.0, expires_in=2.0, expired=False, encryptions=1)
@@ -45,7 +47,7 @@ def exposed_metric_names() -> set[str]:
 def test_alert_rules_pass_promtool():
     result = subprocess.run(["promtool", "check", "rules", str(ALERTS)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 6 rules found" in result.stdout
+    assert "SUCCESS: 7 rules found" in result.stdout
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (apt-get install prometheus)")
@@ -92,12 +94,53 @@ def test_fail_fast_alert_fires_only_on_refusals_that_go_on(tmp_path: Path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (apt-get install prometheus)")
+def test_region_fallback_alert_names_the_region_serving(tmp_path: Path):
+    """A pod whose decodes go to us-west-2 for 20 minutes alerts, naming that Region; a pod that fell
+    back once (a blip) does not."""
+    name = "TemporalCodecKmsRegionFallback"
+    series = (
+        "temporal_codec_kms_fallbacks_total{{namespace='temporal', pod='{}', region='us-west-2', operation='Decrypt'}}"
+    )
+    (rule,) = [rule for rule in yaml.safe_load(ALERTS.read_text())["groups"][0]["rules"] if rule["alert"] == name]
+    expected = {
+        "exp_labels": {"severity": "warning", "namespace": "temporal", "pod": "failing-over", "region": "us-west-2"},
+        "exp_annotations": {
+            "summary": "KMS calls served in us-west-2 instead of an earlier Region for 10 minutes on failing-over",
+            "description": rule["annotations"]["description"],
+        },
+    }
+    tests = {
+        "rule_files": [str(ALERTS)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {"series": series.format("failing-over"), "values": "0+2x30"},
+                    {"series": series.format("blip"), "values": "0 1 1x28"},
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "5m", "alertname": name, "exp_alerts": []},
+                    {"eval_time": "20m", "alertname": name, "exp_alerts": [expected]},
+                ],
+            }
+        ],
+    }
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests))
+    result = subprocess.run(
+        ["promtool", "test", "rules", str(tmp_path / "tests.yaml")], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_alert_rules_use_only_metrics_the_service_exposes():
     names = exposed_metric_names()
     rules = yaml.safe_load(ALERTS.read_text())["groups"][0]["rules"]
     assert {rule["alert"] for rule in rules} >= {
         "TemporalCodecKmsErrorRate",
         "TemporalCodecKmsFailingFast",
+        "TemporalCodecKmsRegionFallback",
         "TemporalCodecCurrentKeyExpired",
         "TemporalCodecHighLatency",
         "TemporalCodecDown",

@@ -162,7 +162,7 @@ def test_short_circuited_decrypts_are_exported_to_prometheus_and_stats(
             return found[0] if found else None
 
         short_circuited = "temporal_codec_kms_short_circuited_total"
-        assert scrape(short_circuited, operation="Decrypt") == 0  # the series exists before the first refusal
+        assert scrape(short_circuited, region=REGION, operation="Decrypt") == 0  # exists before the first refusal
         kms_proxy.set(mode="drop", operations={"Decrypt"})
         asked = kms_proxy.seen("Decrypt")
         with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
@@ -177,8 +177,9 @@ def test_short_circuited_decrypts_are_exported_to_prometheus_and_stats(
         assert "cannot reach KMS" in refusals[0]
         assert all("not tried, KMS was unavailable for this key moments ago" in refusal for refusal in refusals[1:])
         assert kms_proxy.seen("Decrypt") - asked == 1
-        assert scrape(short_circuited, operation="Decrypt") == 2
-        assert scrape("temporal_codec_kms_requests_total", operation="Decrypt", outcome="unavailable") == 1
+        assert scrape(short_circuited, region=REGION, operation="Decrypt") == 2
+        unavailable = {"region": REGION, "operation": "Decrypt", "outcome": "unavailable"}
+        assert scrape("temporal_codec_kms_requests_total", **unavailable) == 1
         assert (stats.kms_decrypt_short_circuited, stats.kms_decrypt_calls, stats.kms_errors) == (2, 1, 1)
         process.proc.send_signal(signal.SIGTERM)
         assert process.finish() == 0, "".join(process.lines)

@@ -16,6 +16,7 @@ from codec_grpc.keys import KeyStats
 from codec_grpc.runtime.metrics import GatewayMetrics, KeyCacheCollector, KmsMetrics, new_registry, start_metrics_server
 from codec_grpc.v1 import codec_pb2
 from tests.support.fakes import current_key
+from tests.support.fixtures import REGION
 
 CODEC = "codec_grpc.v1.CodecService"
 
@@ -95,16 +96,17 @@ def test_payloads_and_bytes_by_method(traffic):
     assert 0 < received < sent  # encryption adds metadata, nonce and tag
 
 
-def test_kms_requests_by_operation_and_outcome(traffic):
+def test_kms_requests_by_region_operation_and_outcome(traffic):
+    """The region label: the KMS client's Region (without KMS_REGIONS, the only one)."""
     found = samples(traffic[0])
     requests = "temporal_codec_kms_requests_total"
-    assert value(found, requests, operation="GenerateDataKey", outcome="success") == 2
-    assert value(found, requests, operation="GenerateDataKey", outcome="error") == 1  # NotFound: alias/missing
+    assert value(found, requests, region=REGION, operation="GenerateDataKey", outcome="success") == 2
+    assert value(found, requests, region=REGION, operation="GenerateDataKey", outcome="error") == 1  # alias/missing
     latency = "temporal_codec_kms_request_duration_seconds_count"
-    assert value(found, latency, operation="GenerateDataKey") == 3
-    assert ("temporal_codec_kms_requests_total", frozenset({("operation", "Decrypt"), ("outcome", "success")})) not in (
-        found
-    )  # the decode found its key in the cache: no Decrypt call
+    assert value(found, latency, region=REGION, operation="GenerateDataKey") == 3
+    decrypts = frozenset({("region", REGION), ("operation", "Decrypt"), ("outcome", "success")})
+    assert ("temporal_codec_kms_requests_total", decrypts) not in found  # the decode's key was cached: no Decrypt
+    assert not any(name == "temporal_codec_kms_fallbacks_total" for name, _ in found)  # only with KMS_REGIONS
 
 
 def test_cache_and_current_key_gauges(traffic):
@@ -159,32 +161,41 @@ def test_gateway_metrics_bound_route_and_method_labels():
 
 def test_kms_metrics_hook_counts_outcomes():
     registry = CollectorRegistry()
-    kms = KmsMetrics(registry)
-    kms.observe("Decrypt", "unavailable", 2.0)
-    kms.observe("Decrypt", "success", 0.02)
-    assert (
-        registry.get_sample_value(
-            "temporal_codec_kms_requests_total", {"operation": "Decrypt", "outcome": "unavailable"}
-        )
-        == 1
-    )
-    assert (
-        registry.get_sample_value("temporal_codec_kms_request_duration_seconds_sum", {"operation": "Decrypt"}) == 2.02
-    )
+    kms = KmsMetrics(registry, ("us-east-1",))
+    observe = kms.observer("us-east-1")  # the hook of that Region's provider
+    observe("Decrypt", "unavailable", 2.0)
+    observe("Decrypt", "success", 0.02)
+    labels = {"region": "us-east-1", "operation": "Decrypt"}
+    assert registry.get_sample_value("temporal_codec_kms_requests_total", {**labels, "outcome": "unavailable"}) == 1
+    assert registry.get_sample_value("temporal_codec_kms_request_duration_seconds_sum", labels) == 2.02
 
 
-def test_kms_short_circuits_are_counted_by_operation_from_zero():
+def test_kms_short_circuits_are_counted_by_region_and_operation_from_zero():
     registry = CollectorRegistry()
-    kms = KmsMetrics(registry)
-    name, decrypt = "temporal_codec_kms_short_circuited_total", {"operation": "Decrypt"}
-    assert registry.get_sample_value(name, decrypt) == 0  # present before the first refusal
-    kms.short_circuited("Decrypt")
-    kms.short_circuited("Decrypt")
-    assert registry.get_sample_value(name, decrypt) == 2
-    assert registry.get_sample_value(name, {"operation": "GenerateDataKey"}) is None
+    kms = KmsMetrics(registry, ("us-east-1", "us-west-2"))
+    name = "temporal_codec_kms_short_circuited_total"
+    east, west = {"region": "us-east-1", "operation": "Decrypt"}, {"region": "us-west-2", "operation": "Decrypt"}
+    assert registry.get_sample_value(name, east) == 0  # present before the first refusal, in every Region
+    assert registry.get_sample_value(name, west) == 0
+    refused = kms.short_circuit_observer("us-west-2")
+    refused("Decrypt")
+    refused("Decrypt")
+    assert registry.get_sample_value(name, west) == 2 and registry.get_sample_value(name, east) == 0
+    assert registry.get_sample_value(name, {"region": "us-west-2", "operation": "GenerateDataKey"}) is None
     # not KMS requests: neither counted nor timed as such
     requests = [family for family in registry.collect() if family.name.startswith("temporal_codec_kms_request")]
     assert len(requests) == 2 and all(family.samples == [] for family in requests)
+
+
+def test_kms_fallbacks_are_counted_by_the_region_that_served_them():
+    registry = CollectorRegistry()
+    kms = KmsMetrics(registry, ("us-east-1", "us-west-2"), fallbacks=True)
+    name = "temporal_codec_kms_fallbacks_total"
+    for region in ("us-east-1", "us-west-2"):
+        for operation in ("Decrypt", "GenerateDataKey"):
+            assert registry.get_sample_value(name, {"region": region, "operation": operation}) == 0
+    kms.fallback("Decrypt", "us-west-2")
+    assert registry.get_sample_value(name, {"region": "us-west-2", "operation": "Decrypt"}) == 1
 
 
 def test_key_cache_collector_reads_live_state_at_scrape_time():

@@ -68,6 +68,74 @@ class FakeProvider:
         return self._key_for(encrypted_key)
 
 
+class FakeRegionalProvider:
+    """A key provider in several Regions (a ``RegionalKeyProvider``): a multi-Region key's data keys
+    unwrap in every Region, a single-Region key's only in the Region that made them, as in KMS.
+
+    Every call is recorded as (operation, Region, key id as sent). A Region in ``down`` is
+    unavailable; one in ``refusing`` answers that error; (key id, Region) pairs in ``paused_keys``
+    are paused (as KMS_FAIL_FAST_SECONDS pauses them). ``aliases`` maps alias names to key ids.
+    """
+
+    ACCOUNT = "111122223333"
+
+    def __init__(self, regions: tuple[str, ...] = ("us-east-1", "us-west-2")) -> None:
+        self.regions = regions
+        self.calls: list[tuple[str, str, str]] = []
+        self.down: set[str] = set()
+        self.refusing: dict[str, errors.KeyProviderError] = {}
+        self.paused_keys: set[tuple[str, str]] = set()
+        self.aliases = {"alias/default": "mrk-1", "alias/single": "1234abcd"}
+        self._serial = 0
+        self._lock = threading.Lock()
+
+    def arn(self, key_id: str, region: str) -> str:
+        return f"arn:aws:kms:{region}:{self.ACCOUNT}:key/{key_id}"
+
+    def generate_data_key(self, key_id: str, namespace: str | None, region: str) -> GeneratedKey:
+        self._call("GenerateDataKey", region, key_id)
+        with self._lock:
+            self._serial += 1
+            blob = f"{self._key_id(key_id)}|{region}|{namespace}|{self._serial}".encode()
+        return GeneratedKey(
+            plaintext=hashlib.sha256(blob).digest(), encrypted_key=blob, key_arn=self.arn(self._key_id(key_id), region)
+        )
+
+    def decrypt_data_key(self, encrypted_key: bytes, key_arn: str, namespace: str | None) -> bytes:
+        region = key_arn.split(":")[3]
+        self._call("Decrypt", region, key_arn)
+        key_id, made_in, bound, _ = encrypted_key.decode().split("|")
+        if bound != str(namespace) or key_arn != self.arn(key_id, region):
+            raise errors.KmsInvalidCiphertextError(f"fake KMS in {region}: context or key id does not match")
+        if made_in != region and not key_id.startswith("mrk-"):
+            raise errors.KmsInvalidCiphertextError(f"fake KMS in {region}: {key_id} is another Region's key")
+        return hashlib.sha256(encrypted_key).digest()
+
+    def key_arn(self, key_id: str, region: str) -> str:
+        self._call("DescribeKey", region, key_id)
+        return self.arn(self._key_id(key_id), region)
+
+    def paused(self, key_id: str, region: str) -> bool:
+        return (key_id, region) in self.paused_keys
+
+    def asked(self, operation: str) -> list[str]:
+        """The Regions asked for ``operation``, in order."""
+        return [region for op, region, _ in self.calls if op == operation]
+
+    def _key_id(self, key_id: str) -> str:
+        if key_id.startswith("alias/"):
+            return self.aliases[key_id]
+        return key_id.rpartition("/")[2]
+
+    def _call(self, operation: str, region: str, key_id: str) -> None:
+        with self._lock:
+            self.calls.append((operation, region, key_id))
+        if region in self.down:
+            raise errors.KmsUnavailableError(f"KMS {operation} with key {key_id} in {region}: cannot reach KMS (fake)")
+        if region in self.refusing:
+            raise self.refusing[region]
+
+
 class StaticKeys:
     """A KeySource with fixed keys per namespace binding, for codec unit tests."""
 

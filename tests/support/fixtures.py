@@ -5,7 +5,8 @@
 * ``kms_client``: a boto3 KMS client against it, with a counter of the HTTP
   requests boto3 actually sends, by operation.
 * ``codec_server``: a factory that starts the real gRPC server on port 0,
-  built by the same code as ``server.py``, and returns a handle with a stub.
+  built by the same code as ``server.py``, and returns a handle with a stub
+  (with KMS_REGIONS, one counted client per Region: :mod:`tests.support.regions`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ import grpc
 import pytest
 
 from codec_grpc.runtime.config import load_config
-from codec_grpc.runtime.wiring import CodecApp, build_app, kms_client
+from codec_grpc.runtime.wiring import CodecApp, build_app, kms_client, kms_clients
 from codec_grpc.v1 import codec_pb2_grpc
 
 REGION = "us-east-1"
@@ -74,24 +75,31 @@ def kms_endpoint() -> Iterator[str]:
 @dataclass
 class KmsSends:
     """HTTP requests boto3 sent to KMS, by operation (counted on the wire path), and the threads
-    that sent them."""
+    that sent them; with KMS_REGIONS, by Region too (``by_region``)."""
 
     counts: Counter[str] = field(default_factory=Counter)
     threads: list[str] = field(default_factory=list)
+    by_region: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
 
-    def __call__(self, request: Any, **_: Any) -> None:
+    def __call__(self, request: Any, region: str = "", **_: Any) -> None:
         target = request.headers.get("X-Amz-Target", b"")
         name = target.decode() if isinstance(target, bytes) else str(target)
         self.counts[name.rpartition(".")[2]] += 1
+        self.by_region[region][name.rpartition(".")[2]] += 1
         self.threads.append(threading.current_thread().name)
 
     def __getitem__(self, operation: str) -> int:
         return self.counts[operation]
 
+    def clear(self) -> None:
+        self.counts.clear()
+        self.threads.clear()
+        self.by_region.clear()
 
-def counted_client(client: Any) -> tuple[Any, KmsSends]:
-    sends = KmsSends()
-    client.meta.events.register("before-send.kms", sends)
+
+def counted_client(client: Any, sends: KmsSends | None = None, region: str = "") -> tuple[Any, KmsSends]:
+    sends = KmsSends() if sends is None else sends
+    client.meta.events.register("before-send.kms", lambda request, **kwargs: sends(request, region, **kwargs))
     return client, sends
 
 
@@ -156,10 +164,15 @@ def codec_server(kms_endpoint: str) -> Iterator[Callable[..., RunningCodec]]:
 
     def start(**settings: Any) -> RunningCodec:
         config = load_config(codec_env(kms_endpoint, **settings))
-        client, sends = counted_client(kms_client(config, **TEST_CREDENTIALS))
+        client: Any
+        if config.kms_regions:
+            client, sends = kms_clients(config, **TEST_CREDENTIALS), KmsSends()
+            for region, regional in client.items():
+                counted_client(regional, sends, region)
+        else:
+            client, sends = counted_client(kms_client(config, **TEST_CREDENTIALS))
         app = build_app(config, client)
-        sends.counts.clear()  # start-up's DescribeKey of the master keys: tests count what calls cost
-        sends.threads.clear()
+        sends.clear()  # start-up's DescribeKey of the master keys: tests count what calls cost
         app.server.start()
         channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
         running = RunningCodec(app, channel, codec_pb2_grpc.CodecServiceStub(channel), sends)

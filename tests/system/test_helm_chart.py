@@ -260,6 +260,10 @@ def test_rendered_containers_start(rendered, values):
         assert (config.external_storage_bucket, config.external_storage_threshold) == ("temporal-payloads", 262144)
         assert (config.aws_endpoint_url_s3 or "").endswith(".vpce.amazonaws.com") and config.s3_read_timeout == 20
         assert not {name for name in env if name.startswith("CODEC_GRPC_")}  # it makes no gRPC calls
+        assert config.kms_regions == ("eu-west-1", "eu-central-1")  # a map of values becomes REGION=URL pairs
+        assert dict(config.kms_region_endpoints) == {
+            "eu-central-1": "https://vpce-0123-abcd.kms.eu-central-1.vpce.amazonaws.com"
+        }
     if values == "all-on":
         assert dict(config.namespace_key_aliases) == {"billing": "alias/billing", "payments": "alias/payments"}
         assert config.tls_client_ca_file == "/etc/codec/client-ca/ca.crt"
@@ -889,6 +893,8 @@ def run_pod(rendered, tmp_path, secrets, server_script_env, kms_endpoint, make_k
         alias, _ = make_key()
         docs = objects(rendered, values)
         settings = {"AWS_ENDPOINT_URL_KMS": kms_url, "AWS_REGION": REGION, "KMS_KEY_ALIAS": alias}
+        # The test's KMS stands in for one Region: values that list several (kmsRegions) run in that one.
+        settings |= {"KMS_REGIONS": "", "KMS_REGION_ENDPOINTS": ""}
         config_maps = dict(secrets["config_maps"])
         if "ConfigMap" in docs:
             config_maps[docs["ConfigMap"]["metadata"]["name"]] = docs["ConfigMap"]["data"]

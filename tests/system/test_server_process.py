@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 
 from codec_grpc.v1 import codec_pb2 as pb
 from codec_grpc.v1 import codec_pb2_grpc
@@ -97,6 +98,35 @@ def test_dev_kms_when_no_aws_is_configured(tmp_path: Path) -> None:
     assert "hello" not in text
 
 
+def test_dev_kms_with_kms_regions_holds_multi_region_keys(tmp_path: Path) -> None:
+    """`KMS_REGIONS=us-east-1,us-west-2 make run`: multi-Region keys replicated to every Region, with
+    the alias in each; resolved in both Regions at start."""
+    env = {**base_env(tmp_path), "DEV_KMS": "on", "KMS_REGIONS": "us-east-1,us-west-2"}
+    item = pb.Payload(metadata={"encoding": b"json/plain"}, data=b'"hello"')
+    with server_process(env, tmp_path) as (stub, log):
+        (encoded,) = stub.Encode(pb.EncodeRequest(payloads=[item])).payloads
+        assert stub.Decode(pb.DecodeRequest(payloads=[encoded])).payloads[0] == item
+        key_arn = encoded.metadata["encryption-key-id"].decode()
+        assert key_arn.startswith("arn:aws:kms:us-east-1:") and ":key/mrk-" in key_arn  # the first Region
+        # The data key named by its replica: KMS in us-west-2 unwraps it (the development KMS holds both
+        # Regions), then AES-GCM refuses the payload, whose key id is authenticated: edited, not ours.
+        replica = pb.Payload(
+            metadata={**encoded.metadata, "encryption-key-id": key_arn.replace("us-east-1", "us-west-2").encode()},
+            data=encoded.data,
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Decode(pb.DecodeRequest(payloads=[replica]))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        stats = stub.Stats(pb.StatsRequest())
+    assert [region.region for region in stats.kms_regions] == ["us-east-1", "us-west-2"]
+    assert stats.kms_regions[0].generate_data_key_calls == 1
+    assert (stats.kms_regions[1].decrypt_calls, stats.kms_regions[1].errors) == (1, 0)
+    text = log.read_text()
+    assert "development key alias/temporal-codec-latest -> arn:aws:kms:us-east-1:" in text
+    assert "master key alias/temporal-codec-latest in us-west-2 is arn:aws:kms:us-west-2:" in text
+    assert "in us-east-1, us-west-2; namespace binding on" in text
+
+
 def test_dev_kms_auto_stays_off_when_credentials_exist(kms_endpoint: str, make_key: Any, tmp_path: Path) -> None:
     alias, _ = make_key()
     env = {
@@ -111,3 +141,19 @@ def test_dev_kms_auto_stays_off_when_credentials_exist(kms_endpoint: str, make_k
     with server_process(env, tmp_path) as (stub, log):
         stub.Encode(pb.EncodeRequest(payloads=[pb.Payload(data=b"x")]))
     assert "DEVELOPMENT KMS" not in log.read_text()
+
+
+def test_dev_kms_auto_stays_off_when_region_endpoints_are_set(kms_endpoint: str, tmp_path: Path) -> None:
+    """KMS_REGION_ENDPOINTS configures KMS as AWS_ENDPOINT_URL_KMS does: no development KMS, even
+    without credentials (the KMS named is asked, and says no: resolution fails, the server serves)."""
+    env = {
+        **base_env(tmp_path),
+        "DEV_KMS": "auto",
+        "KMS_REGIONS": "us-east-1",
+        "KMS_REGION_ENDPOINTS": f"us-east-1={kms_endpoint}",
+    }
+    with server_process(env, tmp_path) as (stub, log):
+        assert stub.Stats(pb.StatsRequest()).kms_regions[0].region == "us-east-1"
+    text = log.read_text()
+    assert "DEVELOPMENT KMS" not in text
+    assert "master key alias/temporal-codec-latest in us-east-1 not resolved" in text

@@ -167,7 +167,7 @@ def test_two_workers_share_the_port_and_one_endpoint_sums_their_metrics(workers,
     assert total(samples, "temporal_codec_cache_entries", cache="current") == 2  # one per worker
     assert total(samples, "temporal_codec_kms_requests_total", operation="GenerateDataKey") == 2
     # Hook-fed like the KMS requests, so present in the summed scrape too (at 0: KMS never failed).
-    assert ("temporal_codec_kms_short_circuited_total", (("operation", "Decrypt"),)) in samples
+    assert ("temporal_codec_kms_short_circuited_total", (("operation", "Decrypt"), ("region", REGION))) in samples
     # The largest over the two workers' current keys, not their sum (which would be CALLS).
     assert CALLS / 2 <= total(samples, "temporal_codec_current_key_encryptions") < CALLS
 

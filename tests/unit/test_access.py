@@ -129,6 +129,7 @@ def _stats() -> codec_pb2.StatsResponse:
     stats = codec_pb2.StatsResponse(namespace="orders", kms_last_error="AccessDenied for arn:aws:kms:...:key/billing")
     for namespace in ("orders", "billing", ""):
         stats.current_keys.add(namespace=namespace, key_arn=f"arn:aws:kms:x:1:key/{namespace or 'shared'}")
+    stats.kms_regions.add(region="us-east-1", decrypt_calls=2, last_error="KMS Decrypt with key arn:…:key/billing: …")
     return stats
 
 
@@ -137,6 +138,7 @@ def test_stats_show_only_the_namespaces_a_caller_may_see(policy: AccessPolicy) -
     shown = visible_stats(_stats(), orders_only, AccessPolicy())
     assert [k.namespace for k in shown.current_keys] == ["orders"]
     assert shown.kms_last_error == ""  # it may name any namespace's master key
+    assert shown.kms_regions[0].decrypt_calls == 2 and shown.kms_regions[0].last_error == ""  # so may these
     everywhere = Caller(TOKEN, "ops", claimed=Grant(("*",), frozenset({"stats"})))
     assert visible_stats(_stats(), everywhere, AccessPolicy()) == _stats()
     assert visible_stats(_stats(), ANONYMOUS_CALLER, AccessPolicy()) == _stats()

@@ -124,3 +124,24 @@ def test_stats_json_has_the_seed_fields_as_numbers_and_durations() -> None:
             "encryptions": 2,
         }
     ]
+
+
+def test_stats_json_has_each_kms_region_as_numbers() -> None:
+    stats = codec_pb2.StatsResponse(kms_decrypt_calls=3)
+    stats.kms_regions.add(region="us-east-1", decrypt_calls=1, unavailable=1, errors=1, last_error="KMS Decrypt …")
+    stats.kms_regions.add(region="us-west-2", decrypt_calls=2, decrypt_fallbacks=1)
+    document = stats_json(stats)
+    assert [region["region"] for region in document["kms_regions"]] == ["us-east-1", "us-west-2"]
+    assert document["kms_regions"][1] == {
+        "region": "us-west-2",
+        "generate_data_key_calls": 0,
+        "decrypt_calls": 2,
+        "errors": 0,
+        "unavailable": 0,
+        "decrypt_short_circuited": 0,
+        "decrypt_fallbacks": 1,
+        "generate_data_key_fallbacks": 0,
+        "keys_paused": 0,
+        "last_error": "",
+    }
+    assert stats_json(codec_pb2.StatsResponse())["kms_regions"] == []

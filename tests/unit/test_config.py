@@ -155,3 +155,60 @@ def test_external_storage_rules(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(env)
     assert str(caught.value) == message
+
+
+def test_kms_regions_are_off_by_default_and_read_in_order() -> None:
+    assert load_config({}).kms_regions == () and dict(load_config({}).kms_region_endpoints) == {}
+    config = load_config(
+        {
+            "KMS_REGIONS": " us-west-2 , us-east-1 ",
+            "KMS_REGION_ENDPOINTS": "us-east-1=http://127.0.0.1:4566, us-west-2=https://kms.example.com/",
+            "KMS_KEY_ALIAS": "arn:aws:kms:us-east-1:111122223333:key/mrk-1234abcd",  # a multi-Region key's ARN
+            "NAMESPACE_KEY_ALIASES": "orders=arn:aws:kms:us-west-2:111122223333:key/1234abcd",  # single, listed Region
+        }
+    )
+    assert config.kms_regions == ("us-west-2", "us-east-1")  # the order of preference, as given
+    assert dict(config.kms_region_endpoints) == {
+        "us-east-1": "http://127.0.0.1:4566",
+        "us-west-2": "https://kms.example.com/",
+    }
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"KMS_REGIONS": "us-east-1,US-WEST-2"},
+            "KMS_REGIONS: expected AWS Region names like us-east-1, got 'US-WEST-2'",
+        ),
+        ({"KMS_REGIONS": "us-east-1,us-east-1"}, "KMS_REGIONS: Region us-east-1 is listed twice"),
+        (
+            {"KMS_REGIONS": "us-east-1", "KMS_REGION_ENDPOINTS": "us-east-1"},
+            "KMS_REGION_ENDPOINTS: expected REGION=URL pairs separated by commas, got 'us-east-1'",
+        ),
+        (
+            {"KMS_REGIONS": "us-east-1", "KMS_REGION_ENDPOINTS": "us-east-1=kms.local"},
+            "KMS_REGION_ENDPOINTS: must be an http(s) URL, got 'kms.local'",
+        ),
+        (
+            {"KMS_REGIONS": "us-east-1", "KMS_REGION_ENDPOINTS": "us-west-2=http://127.0.0.1:1"},
+            "KMS_REGION_ENDPOINTS: Region us-west-2 is not in KMS_REGIONS (us-east-1)",
+        ),
+        (
+            {"KMS_REGION_ENDPOINTS": "us-west-2=http://127.0.0.1:1"},
+            "KMS_REGION_ENDPOINTS: Region us-west-2 is not in KMS_REGIONS (unset)",
+        ),
+        (
+            {
+                "KMS_REGIONS": "us-east-1,us-west-2",
+                "NAMESPACE_KEY_ALIASES": "orders=arn:aws:kms:eu-west-1:111122223333:key/1234abcd",
+            },
+            "KMS_REGIONS: master key arn:aws:kms:eu-west-1:111122223333:key/1234abcd is a single-Region key of none "
+            "of these Regions (us-east-1, us-west-2): name its Region, or use an alias or a multi-Region key",
+        ),
+    ],
+)
+def test_kms_regions_rules(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(env)
+    assert str(caught.value) == message
