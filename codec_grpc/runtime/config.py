@@ -242,7 +242,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "GRPC_MAX_CONCURRENT_RPCS",
         "",
-        lambda text: parse_int(1, 1_000_000)(text) if text.strip() else None,
+        parse_optional_int(1, 1_000_000),
         "most gRPC calls in progress at once, running or waiting for a GRPC_MAX_WORKERS thread (health checks "
         "and reflection included); more get RESOURCE_EXHAUSTED at once. Unset: 4 x GRPC_MAX_WORKERS",
     ),

@@ -6,6 +6,7 @@ import hashlib
 import threading
 import time
 from collections import Counter
+from typing import Any
 
 from codec_grpc import errors
 from codec_grpc.core.envelope import DataKey
@@ -176,4 +177,28 @@ def current_key(
         overdue=False,
         encryptions=encryptions,
         next_ready=False,
+    )
+
+
+class OneKey:
+    """A key source holding one data key: the test vectors' codec (any other key asked for fails)."""
+
+    def __init__(self, key: DataKey) -> None:
+        self.key = key
+
+    def encryption_key(self, namespace: str, binding: str | None, count: int) -> DataKey:
+        return self.key
+
+    def decryption_key(self, key_arn: str, encrypted_key: bytes, binding: str | None) -> DataKey:
+        assert (key_arn, encrypted_key, binding) == (self.key.key_id, self.key.encrypted_key, self.key.namespace)
+        return self.key
+
+
+def vector_key(vector: dict[str, Any]) -> DataKey:
+    """The data key of a test vector (tests/vectors/format_v*.json)."""
+    return DataKey(
+        bytes.fromhex(vector["data_key"]),
+        vector["key_id"],
+        bytes.fromhex(vector["encrypted_data_key"]),
+        vector["namespace"],
     )

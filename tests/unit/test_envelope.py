@@ -12,30 +12,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from codec_grpc.core.codec import EnvelopeCodec
 from codec_grpc.core.envelope import AuthenticationFailed, DataKey, associated_data
 from codec_grpc.v1.codec_pb2 import Payload
+from tests.support.fakes import OneKey, vector_key
 from tests.support.paths import VECTORS
 
 VECTORS = json.loads((VECTORS / "format_v1.json").read_text())["vectors"]
-
-
-class _OneKey:
-    def __init__(self, key: DataKey) -> None:
-        self.key = key
-
-    def encryption_key(self, namespace: str, binding: str | None, count: int) -> DataKey:
-        return self.key
-
-    def decryption_key(self, key_arn: str, encrypted_key: bytes, binding: str | None) -> DataKey:
-        assert (key_arn, encrypted_key, binding) == (self.key.key_id, self.key.encrypted_key, self.key.namespace)
-        return self.key
-
-
-def _key(vector: dict[str, Any]) -> DataKey:
-    return DataKey(
-        bytes.fromhex(vector["data_key"]),
-        vector["key_id"],
-        bytes.fromhex(vector["encrypted_data_key"]),
-        vector["namespace"],
-    )
 
 
 def _documented_aad(vector: dict[str, Any]) -> bytes:
@@ -53,7 +33,9 @@ def _documented_aad(vector: dict[str, Any]) -> bytes:
 @pytest.mark.parametrize("vector", VECTORS, ids=[v["name"] for v in VECTORS])
 def test_encode_reproduces_vector(vector: dict[str, Any]) -> None:
     nonce = bytes.fromhex(vector["nonce"])
-    codec = EnvelopeCodec(_OneKey(_key(vector)), bind_namespace=vector["namespace"] is not None, nonces=lambda n: nonce)
+    codec = EnvelopeCodec(
+        OneKey(vector_key(vector)), bind_namespace=vector["namespace"] is not None, nonces=lambda n: nonce
+    )
     inner = Payload.FromString(bytes.fromhex(vector["inner_payload"]))
     (encoded,) = codec.encode([inner], vector["namespace"] or "default")
     assert encoded.data.hex() == vector["data"]
@@ -85,7 +67,7 @@ def test_vector_decrypts_with_documented_layout_only(vector: dict[str, Any]) -> 
 @pytest.mark.parametrize("vector", VECTORS, ids=[v["name"] for v in VECTORS])
 def test_decode_vector(vector: dict[str, Any]) -> None:
     # The vectors include a payload written unbound: it decodes under the migration switch.
-    codec = EnvelopeCodec(_OneKey(_key(vector)), bind_namespace=True, accept_unbound=True)
+    codec = EnvelopeCodec(OneKey(vector_key(vector)), bind_namespace=True, accept_unbound=True)
     payload = Payload(
         metadata={k: bytes.fromhex(v) for k, v in vector["metadata"].items()}, data=bytes.fromhex(vector["data"])
     )

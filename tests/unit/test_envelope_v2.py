@@ -12,36 +12,16 @@ import zstandard
 from codec_grpc import errors
 from codec_grpc.core.codec import EnvelopeCodec
 from codec_grpc.core.compression import CompressionPolicy
-from codec_grpc.core.envelope import DataKey, associated_data
+from codec_grpc.core.envelope import associated_data
 from codec_grpc.v1.codec_pb2 import Payload
 from tests.support import vectors_v2
+from tests.support.fakes import OneKey, vector_key
 from tests.support.paths import VECTORS
 
 DOCUMENT = json.loads((VECTORS / "format_v2.json").read_text())
 V2 = DOCUMENT["vectors"]
 V1 = json.loads((VECTORS / "format_v1.json").read_text())["vectors"]
 IDS = [v["name"] for v in V2]
-
-
-class _OneKey:
-    def __init__(self, key: DataKey) -> None:
-        self.key = key
-
-    def encryption_key(self, namespace: str, binding: str | None, count: int) -> DataKey:
-        return self.key
-
-    def decryption_key(self, key_arn: str, encrypted_key: bytes, binding: str | None) -> DataKey:
-        assert (key_arn, encrypted_key, binding) == (self.key.key_id, self.key.encrypted_key, self.key.namespace)
-        return self.key
-
-
-def _key(vector: dict[str, Any]) -> DataKey:
-    return DataKey(
-        bytes.fromhex(vector["data_key"]),
-        vector["key_id"],
-        bytes.fromhex(vector["encrypted_data_key"]),
-        vector["namespace"],
-    )
 
 
 def _payload(vector: dict[str, Any]) -> Payload:
@@ -73,7 +53,7 @@ def test_the_compressed_bytes_are_the_inner_payload(vector: dict[str, Any]) -> N
 
 @pytest.mark.parametrize("vector", V2, ids=IDS)
 def test_the_data_key_reproduces_the_vector_from_its_compressed_bytes(vector: dict[str, Any]) -> None:
-    key, algorithm = _key(vector), vector["compression"]
+    key, algorithm = vector_key(vector), vector["compression"]
     namespace = vector["namespace"]
     aad = associated_data(vector["key_id"], bytes.fromhex(vector["encrypted_data_key"]), namespace, algorithm)
     assert aad.hex() == vector["associated_data"]
@@ -86,7 +66,7 @@ def test_the_data_key_reproduces_the_vector_from_its_compressed_bytes(vector: di
 @pytest.mark.parametrize("vector", V2, ids=IDS)
 @pytest.mark.parametrize("compression", [None, "zstd", "zlib"])
 def test_the_codec_decodes_every_vector_whatever_it_compresses(vector: dict[str, Any], compression: str | None) -> None:
-    codec = EnvelopeCodec(_OneKey(_key(vector)), accept_unbound=True, compression=CompressionPolicy(compression))
+    codec = EnvelopeCodec(OneKey(vector_key(vector)), accept_unbound=True, compression=CompressionPolicy(compression))
     namespace = vector["namespace"] or "default"
     (decoded,) = codec.decode([_payload(vector)], namespace)
     assert decoded.SerializeToString(deterministic=True).hex() == vector["inner_payload"]
@@ -100,9 +80,9 @@ def test_the_codec_encodes_the_vectors_inner_payload_into_the_same_envelope(vect
     version): the envelope is the same, and what it wrote decodes to the same inner payload."""
     nonce = bytes.fromhex(vector["nonce"])
     policy = CompressionPolicy(vector["compression"], min_bytes=0)  # its own level: the vectors use others too
-    key = _key(vector)
+    key = vector_key(vector)
     codec = EnvelopeCodec(
-        _OneKey(key), bind_namespace=vector["namespace"] is not None, compression=policy, nonces=lambda n: nonce
+        OneKey(key), bind_namespace=vector["namespace"] is not None, compression=policy, nonces=lambda n: nonce
     )
     inner = Payload.FromString(bytes.fromhex(vector["inner_payload"]))
     (encoded,) = codec.encode([inner], vector["namespace"] or "default")
@@ -113,14 +93,14 @@ def test_the_codec_encodes_the_vectors_inner_payload_into_the_same_envelope(vect
 
 @pytest.mark.parametrize("vector", V1, ids=[v["name"] for v in V1])
 def test_version_1_vectors_decode_with_compression_on(vector: dict[str, Any]) -> None:
-    codec = EnvelopeCodec(_OneKey(_key(vector)), accept_unbound=True, compression=CompressionPolicy("zstd"))
+    codec = EnvelopeCodec(OneKey(vector_key(vector)), accept_unbound=True, compression=CompressionPolicy("zstd"))
     (decoded,) = codec.decode([_payload(vector)], vector["namespace"] or "default")
     assert decoded.SerializeToString(deterministic=True).hex() == vector["inner_payload"]
 
 
 @pytest.mark.parametrize("vector", V2, ids=IDS)
 def test_a_vector_with_its_algorithm_swapped_or_dropped_fails_authentication(vector: dict[str, Any]) -> None:
-    codec = EnvelopeCodec(_OneKey(_key(vector)), accept_unbound=True)
+    codec = EnvelopeCodec(OneKey(vector_key(vector)), accept_unbound=True)
     other = {"zstd": b"zlib", "zlib": b"zstd"}[vector["compression"]]
     swapped = _payload(vector)
     swapped.metadata["encryption-compression"] = other
