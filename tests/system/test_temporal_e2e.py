@@ -69,7 +69,7 @@ def assert_only_ciphertext_and_references(payloads: list[Payload]) -> None:
     kinds = set()
     for payload in payloads:
         wire = payload.SerializeToString()
-        assert b"4242" not in wire and b"LLLLLLLL" not in wire and b"HHHHHHHH" not in wire
+        assert b"-secret-e2e" not in wire and b"LLLLLLLL" not in wire and b"HHHHHHHH" not in wire
         if payload.metadata.get("messageType") == REFERENCE_TYPE:
             kinds.add("reference")
             assert payload.external_payloads[0].size_bytes >= THRESHOLD
@@ -96,7 +96,7 @@ def test_python_worker_with_the_s3_driver_keeps_only_ciphertext(temporal_stack: 
     assert len(mine) == 3
     for key, data in mine.items():
         assert key.startswith(f"v0/ns/{NAMESPACE}/")
-        assert b"4242" not in data and b"LLLLLLLL" not in data
+        assert b"-secret-e2e" not in data and b"LLLLLLLL" not in data
         assert Payload.FromString(data).metadata["encoding"] == b"binary/encrypted"
 
 
@@ -272,7 +272,7 @@ def test_typescript_worker_with_our_codec_serves_a_python_client(temporal_stack:
     assert len(payloads) == 2
     for payload in payloads:
         assert payload.metadata["encoding"] == b"binary/encrypted"
-        assert b"4242" not in payload.SerializeToString()
+        assert b"-secret-e2e" not in payload.SerializeToString()
     shown = temporal_stack.cli("workflow", "show", "--workflow-id", workflow_id, "--output", "json")
     values = [json.loads(base64.b64decode(p["data"])) for p in json_payloads(json.loads(shown.stdout))]
     assert values == [SMALL, {"echo": SMALL, "by": "typescript"}]
@@ -295,5 +295,5 @@ def test_typescript_worker_encrypts_failure_messages(temporal_stack: TemporalSta
     assert cause.type == "PaymentDeclined"
     assert temporal_stack.client is not None
     history = temporal_stack.run(temporal_stack.client.get_workflow_handle(workflow_id).fetch_history())
-    assert b"4242" not in b"".join(event.SerializeToString() for event in history.events)
+    assert b"-secret-e2e" not in b"".join(event.SerializeToString() for event in history.events)
     assert b"Encoded failure" in history.events[-1].SerializeToString()
