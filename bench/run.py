@@ -8,7 +8,8 @@ same serialized requests from a separate load process (bench/load.py).
 Server CPU comes from the OS accounting of every process of the server
 (/proc/PID/stat, children included), so the load generator and other noise drop
 out. The ratio echo ÷ ours is 1.0 when encrypting costs nothing beyond echoing.
-``--only grpc``, ``--only gateway`` or ``--only compression`` runs one section.
+``--only grpc``, ``--only concurrency``, ``--only gateway`` or ``--only compression`` runs one
+section; the concurrency section (bench/concurrency.py) keeps 1 to 64 calls in flight, pinned and not.
 """
 
 from __future__ import annotations
@@ -108,19 +109,21 @@ class Result:
 
 
 def pin(pid: int, cpus: set[int] | None) -> None:
-    """Keep every thread of a process tree on ``cpus`` (threads started later inherit it).
+    """Keep every thread of a process tree on ``cpus`` (threads started later inherit it); None lets
+    it run anywhere again (what an earlier pinned measurement of the same server set).
 
     With the server on one core and the load generator on the other, neither steals the other's
     cycles or caches, which on a 2-core machine otherwise moves the CPU per call by ±25%.
     """
     if cpus is None:
-        return
+        cpus = ALL_CPUS
     for process_id in process_tree(pid):
         for task in Path(f"/proc/{process_id}/task").glob("*"):
             with contextlib.suppress(OSError):  # the thread ended meanwhile
                 os.sched_setaffinity(int(task.name), cpus)
 
 
+ALL_CPUS = set(os.sched_getaffinity(0))
 SERVER_CPUS: set[int] | None = None
 LOAD_CPUS: set[int] | None = None
 
@@ -136,35 +139,33 @@ def measure(
     stats: Any,
     channels: int = 1,
     threads: int = 4,
+    in_flight: int | None = None,
+    cpus: tuple[set[int] | None, set[int] | None] | None = None,
 ) -> Result:
+    """One measured run of ``calls`` calls from a separate load process.
+
+    The load is ``threads`` blocking threads (bench/load.py) or, with ``in_flight``, an asyncio
+    client keeping that many calls in progress (bench/aio_load.py). ``cpus``: (server's, load's)
+    CPU sets; the module's pinning when not given, (None, None) for none.
+    """
     request_file = workdir / "request.bin"
     request_file.write_bytes(request)
+    common = ["--target", target, "--method", method, "--request-file", str(request_file), "--calls", str(calls)]
+    if in_flight is None:
+        command = ["-m", "bench.load", *common, "--threads", str(threads)]
+    else:
+        command = ["-m", "bench.aio_load", *common, "--in-flight", str(in_flight)]
     load = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bench.load",
-            "--target",
-            target,
-            "--method",
-            method,
-            "--request-file",
-            str(request_file),
-            "--calls",
-            str(calls),
-            "--channels",
-            str(channels),
-            "--threads",
-            str(threads),
-        ],
+        [sys.executable, *command, "--channels", str(channels)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         cwd=ROOT,
         text=True,
     )
+    server_cpus, load_cpus = (SERVER_CPUS, LOAD_CPUS) if cpus is None else cpus
     assert load.stdout is not None and load.stdin is not None
-    pin(load.pid, LOAD_CPUS)
-    pin(pid, SERVER_CPUS)
+    pin(load.pid, load_cpus)
+    pin(pid, server_cpus)
     assert load.stdout.readline().strip() == "ready"
     kms_before = _kms_calls(stats)
     cpu_before = cpu_seconds(pid)
@@ -336,7 +337,14 @@ def main() -> None:
         "--channels", type=int, default=1, help="gRPC connections per load process (WORKERS share out connections)"
     )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved measurements per server and case")
-    parser.add_argument("--only", choices=("grpc", "gateway", "compression"), help="run one section only")
+    parser.add_argument(
+        "--only", choices=("grpc", "concurrency", "gateway", "compression"), help="run one section only"
+    )
+    parser.add_argument("--in-flight", default="1,4,16,64", help="concurrency section: calls in flight")
+    parser.add_argument(
+        "--http-concurrency", default="4,16", help="gateway section: HTTP requests in progress at once (connections)"
+    )
+    parser.add_argument("--unpinned-only", action="store_true", help="concurrency section: skip the pinned table")
     parser.add_argument(
         "--compression-levels",
         choices=("all", "default"),
@@ -362,6 +370,10 @@ def main() -> None:
         )
         if args.only in (None, "grpc"):
             grpc_section(stack, workdir, codec, args)
+        if args.only in (None, "concurrency"):
+            from bench.concurrency import concurrency_section  # it imports this module's helpers
+
+            concurrency_section(stack, workdir, codec, args)
         if args.only in (None, "gateway"):
             from bench.gateway_bench import gateway_section  # it imports this module's helpers
 

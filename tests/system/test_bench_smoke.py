@@ -13,20 +13,38 @@ from tests.support.paths import ROOT
 def test_gateway_bench_prints_a_ratio_line_per_case() -> None:
     # Enough calls that every measurement spans several of the CPU clock's 10 ms ticks.
     command = [sys.executable, "-m", "bench.run", "--only", "gateway", "--scale", "0.1"]
-    command += ["--rounds", "1", "--batches", "1,10"]
+    command += ["--rounds", "1", "--batches", "1,10", "--http-concurrency", "4,16"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=360, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
-    # call, batch | in-process µs, ratio | sidecar: gateway µs, codec µs, total µs, ratio | sample µs
-    row = r"^(Encode|Decode) +(\d+) \| +\d+ +(\d+\.\d\d) \| +\d+ +\d+ +\d+ +(\d+\.\d\d) \| +\d+ \|"
+    # call, batch, concurrency | in-process µs, ratio | sidecar: gateway µs, codec µs, total µs, ratio | sample µs
+    row = r"^(Encode|Decode) +(\d+) +(\d+) \| +\d+ +(\d+\.\d\d) \| +\d+ +\d+ +\d+ +(\d+\.\d\d) \| +\d+ \|"
     rows = re.findall(row, result.stdout, re.MULTILINE)
-    assert [(method, batch) for method, batch, _, _ in rows] == [
-        ("Encode", "1"),
-        ("Encode", "10"),
-        ("Decode", "1"),
-        ("Decode", "10"),
+    assert [(method, batch, concurrency) for method, batch, concurrency, _, _ in rows] == [
+        (method, batch, concurrency)
+        for method in ("Encode", "Decode")
+        for batch in ("1", "10")
+        for concurrency in ("4", "16")
     ], result.stdout
-    assert all(float(inproc) > 0 and float(sidecar) > 0 for _, _, inproc, sidecar in rows), result.stdout
+    assert all(float(inproc) > 0 and float(sidecar) > 0 for *_, inproc, sidecar in rows), result.stdout
     assert "gRPC CodecService vs echo server" not in result.stdout  # --only gateway
+
+
+def test_concurrency_bench_prints_a_line_per_case_pinned_and_not() -> None:
+    command = [sys.executable, "-m", "bench.run", "--only", "concurrency", "--scale", "0.05"]
+    command += ["--rounds", "1", "--batches", "1,100", "--in-flight", "1,16"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=360, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # rpc, batch, in flight | echo µs, ours µs, ratio, [target] | echo pl/s, ours pl/s, tput | p50, p99
+    row = (
+        r"^(Encode|Decode) +(\d+) +(\d+) \| +\d+\.\d +\d+\.\d +(\d+\.\d\d) +(?:≥[0-9.]+)? *\| +\d+ +\d+ +(\d+\.\d\d) \|"
+    )
+    rows = re.findall(row, result.stdout, re.MULTILINE)
+    cases = [("Encode", "1", n) for n in ("1", "16")] + [
+        (m, "100", n) for m in ("Encode", "Decode") for n in ("1", "16")
+    ]
+    assert [(method, batch, n) for method, batch, n, _, _ in rows] == cases * 2, result.stdout  # pinned, unpinned
+    assert all(float(ratio) > 0 and float(tput) > 0 for *_, ratio, tput in rows), result.stdout
+    assert re.search(r"^Encode +1 +16 \|.* (ok|MISS)", result.stdout, re.MULTILINE), result.stdout  # a target judged
 
 
 def test_compression_bench_prints_a_line_per_size_and_algorithm() -> None:
