@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Generic
 
@@ -118,8 +119,12 @@ class KeyManager(Generic[K]):
         spawn: Callable[[Callable[[], None]], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         on_fallback: FallbackObserver | None = None,
+        waiting: Callable[[], AbstractContextManager[object]] = nullcontext,
     ) -> None:
         self.policy = policy
+        # Entered around every wait for KMS on a caller's thread (a call of its own or another's
+        # that this one joins): the gRPC server's pool lets a queued call run meanwhile.
+        self._waiting = waiting
         self._make_key = make_key
         self._current: CurrentKeyCache[K] = CurrentKeyCache(
             max_age=policy.rotation_interval,
@@ -171,7 +176,8 @@ class KeyManager(Generic[K]):
                     self._refresh_ahead(slot)
                 return reserved.key
             try:
-                self._generating.do(slot, functools.partial(self._rotate, slot, reserved.generation))
+                with self._waiting():
+                    self._generating.do(slot, functools.partial(self._rotate, slot, reserved.generation))
             except errors.KmsUnavailableError as exc:
                 return self._outage_key(slot, count, exc)
             except errors.KeyProviderError as exc:
@@ -201,7 +207,8 @@ class KeyManager(Generic[K]):
             raise refused.error()
         if budget is not None:
             budget.spend()
-        return self._unwrapping.do(cache_key, lambda: self._unwrap(key_arn, encrypted_key, binding))
+        with self._waiting():
+            return self._unwrapping.do(cache_key, lambda: self._unwrap(key_arn, encrypted_key, binding))
 
     def resolve_master_keys(self) -> dict[str, str]:
         """Resolve the configured master keys to their ARNs now (DescribeKey), for the allowlist; with
@@ -351,7 +358,8 @@ class KeyManager(Generic[K]):
             due = [target for target, tried in self._unresolved.items() if now - tried >= self.policy.resolve_interval]
         for target in due:
             try:
-                self._resolve(target)
+                with self._waiting():
+                    self._resolve(target)
             except errors.KeyProviderError as exc:
                 log.warning("master key %s still not resolved: %s", _target_name(target), exc)
         return bool(due) and self.allowlist.allows(key_arn)

@@ -1,8 +1,10 @@
 """The threaded gRPC server: options, binding, and CodecService with health and reflection.
 
-Bounded by its options: at most ``max_concurrent_rpcs`` calls in progress (running on one of
-``max_workers`` threads or waiting for one; grpc answers the next with RESOURCE_EXHAUSTED at once,
-before reading its message), requests of at most ``max_message_bytes`` and metadata of at most
+Its thread pool is a :class:`~codec_grpc.rpc.executor.CallExecutor`: at most ``running_calls``
+calls running at once on up to ``max_workers`` threads, the rest of which serve calls waiting for
+KMS. Bounded by its options: at most ``max_concurrent_rpcs`` calls in progress (running, waiting
+for KMS or queued; grpc answers the next with RESOURCE_EXHAUSTED at once, before reading its
+message), requests of at most ``max_message_bytes`` and metadata of at most
 ``max_metadata_bytes`` (RESOURCE_EXHAUSTED beyond either).
 """
 
@@ -16,13 +18,17 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from codec_grpc.rpc.executor import CallExecutor
 from codec_grpc.rpc.observe import CallObserver
 from codec_grpc.rpc.servicer import CodecServicer, method_handlers
 from codec_grpc.service import SERVICE_NAME
 
-# Calls in progress per thread when ServerOptions.max_concurrent_rpcs is None: three waiting for each
-# running one, so bursts queue rather than fail, but a flood of calls cannot pile up without end.
-CONCURRENT_RPCS_PER_WORKER = 4
+# Calls in progress per thread when ServerOptions.max_concurrent_rpcs is None (256 with 16 threads):
+# bursts from many workers queue rather than fail, but a flood of calls cannot pile up without end.
+# A queued call holds no thread and has not had its message read. (4 per thread, 64, refused calls
+# from 64 clients that each wait for their answer before the next call: grpc counts a call as
+# finished only after its answer left, so the next one can arrive first.)
+CONCURRENT_RPCS_PER_WORKER = 16
 
 
 @dataclass(frozen=True)
@@ -30,7 +36,8 @@ class ServerOptions:
     host: str = "127.0.0.1"
     port: int = 0
     max_message_bytes: int = 16 * 1024 * 1024
-    max_workers: int = 16
+    max_workers: int = 16  # threads: running calls, and calls waiting for KMS
+    running_calls: int = 2  # calls running at once (CallExecutor); the GIL runs one thread at a time
     credentials: grpc.ServerCredentials | None = None  # None: plaintext
     # Off unless WORKERS > 1: with it on, a second server started by mistake on the same port
     # would silently share the traffic instead of failing to bind.
@@ -47,10 +54,16 @@ class ServerOptions:
         return self.max_concurrent_rpcs or CONCURRENT_RPCS_PER_WORKER * self.max_workers
 
 
-def grpc_server(options: ServerOptions) -> tuple[grpc.Server, int]:
-    """A threaded gRPC server with the service's options, bound but without services."""
+def call_executor(options: ServerOptions) -> CallExecutor:
+    """The thread pool for a server with ``options`` (its ``stepping_aside`` goes to the key manager)."""
+    return CallExecutor(min(options.running_calls, options.max_workers), options.max_workers, name="grpc")
+
+
+def grpc_server(options: ServerOptions, executor: CallExecutor | None = None) -> tuple[grpc.Server, int]:
+    """A threaded gRPC server with the service's options, bound but without services; its calls run
+    on ``executor`` (by default a new :func:`call_executor`)."""
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="grpc"),
+        cast(futures.ThreadPoolExecutor, executor or call_executor(options)),  # grpc only calls submit
         options=[
             ("grpc.max_receive_message_length", options.max_message_bytes),
             ("grpc.max_metadata_size", options.max_metadata_bytes),
@@ -77,6 +90,7 @@ def create_server(
     options: ServerOptions,
     health_servicer: health.HealthServicer | None = None,
     observer: CallObserver | None = None,
+    executor: CallExecutor | None = None,
 ) -> tuple[grpc.Server, int]:
     """Build (not start) a threaded gRPC server; returns it with the bound port.
 
@@ -84,7 +98,7 @@ def create_server(
     (SERVING for "" and for CodecService's full name) and, unless ``options.reflection``
     is off, server reflection, so grpcurl and Kubernetes' gRPC probes work without proto files.
     """
-    server, port = grpc_server(options)
+    server, port = grpc_server(options, executor)
     handlers = method_handlers(servicer)
     if observer is not None:
         handlers = {name: observer.wrap(SERVICE_NAME, name, handler) for name, handler in handlers.items()}

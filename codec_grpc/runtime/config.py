@@ -238,13 +238,25 @@ SETTINGS: tuple[Setting, ...] = (
         parse_int(1024, 2**31 - 1),
         "largest gRPC request accepted; larger ones get RESOURCE_EXHAUSTED",
     ),
-    Setting("GRPC_MAX_WORKERS", "16", parse_int(1, 1024), "threads serving gRPC calls"),
+    Setting(
+        "GRPC_MAX_WORKERS",
+        "16",
+        parse_int(1, 1024),
+        "threads serving gRPC calls: GRPC_RUNNING_CALLS running at once, the others waiting for KMS",
+    ),
+    Setting(
+        "GRPC_RUNNING_CALLS",
+        "2",
+        parse_int(1, 1024),
+        "gRPC calls running at once (GRPC_MAX_WORKERS if fewer); more queue until one ends or waits for KMS. "
+        "Python runs one thread at a time: more threads running only take turns (docs/benchmarks.md)",
+    ),
     Setting(
         "GRPC_MAX_CONCURRENT_RPCS",
         "",
         parse_optional_int(1, 1_000_000),
-        "most gRPC calls in progress at once, running or waiting for a GRPC_MAX_WORKERS thread (health checks "
-        "and reflection included); more get RESOURCE_EXHAUSTED at once. Unset: 4 x GRPC_MAX_WORKERS",
+        "most gRPC calls in progress at once, running, waiting for KMS or queued (health checks and reflection "
+        "included); more get RESOURCE_EXHAUSTED at once. Unset: 16 x GRPC_MAX_WORKERS",
     ),
     Setting(
         "GRPC_MAX_METADATA_BYTES",
@@ -640,6 +652,7 @@ class Config:
     grpc_port: int
     grpc_max_message_bytes: int
     grpc_max_workers: int
+    grpc_running_calls: int
     grpc_max_concurrent_rpcs: int | None
     grpc_max_metadata_bytes: int
     grpc_reflection: bool

@@ -9,8 +9,9 @@ HTTP gateway calls the same service.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,14 @@ from codec_grpc.gateway import InProcessUpstream
 from codec_grpc.keys import KeyManager, KeyPolicy
 from codec_grpc.kms import KmsKeyProvider, KmsLimiter, KmsLimits, RegionalKmsKeyProvider
 from codec_grpc.kms.client import kms_client as boto_kms_client
-from codec_grpc.rpc import CallObserver, CodecServicer, ObservedHealthServicer, ServerOptions, create_server
+from codec_grpc.rpc import (
+    CallObserver,
+    CodecServicer,
+    ObservedHealthServicer,
+    ServerOptions,
+    call_executor,
+    create_server,
+)
 from codec_grpc.rpc.server import serving_status
 from codec_grpc.runtime.access import access_policy, grpc_authenticator, token_verifier
 from codec_grpc.runtime.config import Config
@@ -148,20 +156,33 @@ class CodecApp:
     grpc_metrics: GrpcMetrics | None
 
 
-def build_app(config: Config, client: Any, registry: CollectorRegistry | None = None) -> CodecApp:
-    """Wire the layers together around an injected boto3 KMS client (with KMS_REGIONS, a mapping of
-    each Region to its client: :func:`kms_clients`); the server is not started.
+@dataclass
+class ServiceParts:
+    """The service and what it is built on: the codec server without its transports."""
 
-    Metrics go to ``registry`` (a fresh one when None); serving them is the caller's choice.
-    """
-    registry = CollectorRegistry() if registry is None else registry
+    provider: KmsKeyProvider | RegionalKmsKeyProvider
+    keys: KeyManager[DataKey]
+    codec: EnvelopeCodec
+    service: CodecService
+    access: AccessPolicy
+
+
+def build_service(
+    config: Config,
+    client: Any,
+    registry: CollectorRegistry,
+    waiting: Callable[[], AbstractContextManager[object]] = nullcontext,
+) -> ServiceParts:
+    """The service over an injected boto3 KMS client (with KMS_REGIONS, a mapping of each Region to
+    its client: :func:`kms_clients`), its KMS and key-cache metrics in ``registry``. ``waiting`` is
+    entered around every wait for KMS (the gRPC pool's ``stepping_aside``). Also what a worker that
+    embeds the codec builds (bench/workflow_worker.py)."""
     # What the configuration alone can refuse (the policy file), before anything asks KMS.
     access = access_policy(config)
-    verifier = token_verifier(config)
     regions = config.kms_regions or (client_region(client),)
     kms_metrics = KmsMetrics(registry, regions, fallbacks=bool(config.kms_regions))
     provider = kms_provider(config, client, kms_metrics)
-    keys = KeyManager(provider, key_policy(config), DataKey, on_fallback=kms_metrics.fallback)
+    keys = KeyManager(provider, key_policy(config), DataKey, on_fallback=kms_metrics.fallback, waiting=waiting)
     keys.resolve_master_keys()  # the allowlist; a failure is logged and retried when a payload needs it
     scope = namespace_scope(config)
     KeyCacheCollector(keys.stats, registry, scope.configured.__contains__)
@@ -177,37 +198,55 @@ def build_app(config: Config, client: Any, registry: CollectorRegistry | None = 
         max_kms_decrypts=config.max_kms_decrypts_per_request,
         namespaces=scope,
     )
-    service = CodecService(codec, keys, provider.stats, limits, access)
-    options = ServerOptions(
+    return ServiceParts(provider, keys, codec, CodecService(codec, keys, provider.stats, limits, access), access)
+
+
+def server_options(config: Config) -> ServerOptions:
+    return ServerOptions(
         host=config.grpc_host,
         port=config.grpc_port,
         max_message_bytes=config.grpc_max_message_bytes,
         max_workers=config.grpc_max_workers,
+        running_calls=config.grpc_running_calls,
         credentials=grpc_server_credentials(config),
         reuse_port=config.workers > 1,
         max_concurrent_rpcs=config.grpc_max_concurrent_rpcs,
         max_metadata_bytes=config.grpc_max_metadata_bytes,
         reflection=config.grpc_reflection,
     )
+
+
+def build_app(config: Config, client: Any, registry: CollectorRegistry | None = None) -> CodecApp:
+    """Wire the layers together around an injected boto3 KMS client (see :func:`build_service`); the
+    server is not started.
+
+    Metrics go to ``registry`` (a fresh one when None); serving them is the caller's choice.
+    """
+    registry = CollectorRegistry() if registry is None else registry
+    verifier = token_verifier(config)
+    options = server_options(config)
+    # gRPC calls that wait for KMS step aside in the pool, so calls that cached keys answer keep running.
+    executor = call_executor(options)
+    parts = build_service(config, client, registry, waiting=executor.stepping_aside)
     # METRICS_ENABLED=false: calls are not counted at all (nothing could read the counts).
     grpc_metrics = GrpcMetrics(registry) if config.metrics_enabled else None
     observer = CallObserver(grpc_metrics)
     health_servicer = ObservedHealthServicer(observer)
-    servicer = CodecServicer(service, grpc_authenticator(config, verifier))
-    server, port = create_server(servicer, options, health_servicer, observer=observer)
+    servicer = CodecServicer(parts.service, grpc_authenticator(config, verifier))
+    server, port = create_server(servicer, options, health_servicer, observer=observer, executor=executor)
     return CodecApp(
         config,
-        provider,
-        keys,
-        codec,
-        service,
+        parts.provider,
+        parts.keys,
+        parts.codec,
+        parts.service,
         health_servicer,
         server,
         port,
         registry,
         observer,
         verifier,
-        access,
+        parts.access,
         grpc_metrics,
     )
 

@@ -341,7 +341,7 @@ def test_calls_beyond_the_concurrency_limit_get_resource_exhausted(
 
 
 def test_the_concurrency_limit_follows_the_threads_unless_set() -> None:
-    assert ServerOptions(max_workers=16).concurrent_rpcs == CONCURRENT_RPCS_PER_WORKER * 16 == 64
+    assert ServerOptions(max_workers=16).concurrent_rpcs == CONCURRENT_RPCS_PER_WORKER * 16 == 256
     assert ServerOptions(max_workers=16, max_concurrent_rpcs=5).concurrent_rpcs == 5
 
 
