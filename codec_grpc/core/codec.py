@@ -20,18 +20,17 @@ come from an injected :class:`KeySource`, nonces from an injected source.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from google.protobuf.message import DecodeError
 
 from codec_grpc import errors
-from codec_grpc.core import compression, envelope
+from codec_grpc.core import compression, envelope, protowire
 from codec_grpc.core.compression import CompressionPolicy
 from codec_grpc.core.envelope import DataKey, NonceSource
 from codec_grpc.keys.allowlist import KEY_ARN
-from codec_grpc.v1.codec_pb2 import Payload
+from codec_grpc.v1.codec_pb2 import DecodeResponse, Payload
 
 
 class KeySource(Protocol):
@@ -68,13 +67,14 @@ class EnvelopeCodec:
         bind_namespace: bool = True,
         accept_unbound: bool = False,
         compression: CompressionPolicy = CompressionPolicy(),  # noqa: B008 - frozen settings, a thread-safe pool
-        nonces: NonceSource = os.urandom,
+        nonces: NonceSource | None = None,
     ) -> None:
         self._keys = keys
         self._bind = bind_namespace
         self._accept_unbound = accept_unbound
         self._compression = compression
-        self._nonces = nonces
+        # The kernel's random bytes, read in blocks (envelope.RandomBlocks), unless given (tests, vectors).
+        self._nonces = nonces or envelope.RandomBlocks()
 
     def with_keys(self, keys: KeySource) -> EnvelopeCodec:
         """The same codec with other keys (the service's per-request key sources)."""
@@ -150,17 +150,37 @@ class EnvelopeCodec:
         return decoded
 
     def decode_serialized(self, payloads: Sequence[bytes], namespace: str) -> list[bytes]:
-        """Like :meth:`decode`, over serialized payloads; pass-through payloads come back as given."""
+        """Like :meth:`decode`, over serialized payloads; pass-through payloads come back as given.
+
+        Payloads of one batch mostly share a data key and arrive serialized alike: once an envelope
+        was parsed and checked, a payload whose bytes are that envelope's metadata followed by its
+        data field alone is read without parsing it (see :class:`_Envelopes`). The decrypted
+        payloads are checked with one parse of them all; when it fails, one by one, to name the
+        payload at fault.
+        """
         decoded: list[bytes] = []
         seen: dict[tuple[bytes | None, ...], DataKey] = {}
+        envelopes = _Envelopes()
         budget = _Budget(self._compression)
+        opened: list[int] = []
         for index, raw in enumerate(payloads):
-            plaintext = self._open(index, _parse(index, raw, "not a serialized Payload"), namespace, seen, budget)
-            if plaintext is None:
-                decoded.append(raw)
+            known = envelopes.match(raw)
+            if known is not None:
+                key, algorithm, data = known
             else:
-                _parse(index, plaintext, _NOT_A_PAYLOAD)
-                decoded.append(plaintext)
+                payload = _parse(index, raw, "not a serialized Payload")
+                found = self._envelope(index, payload, namespace, seen)
+                if found is None:
+                    decoded.append(raw)
+                    continue
+                key, algorithm = found
+                data = payload.data
+                envelopes.learn(raw, data, key, algorithm)
+            decoded.append(self._decrypt(index, key, data, algorithm, budget))
+            opened.append(index)
+        if opened and not _parses_as_payloads([decoded[i] for i in opened]):
+            for index in opened:
+                _parse(index, decoded[index], _NOT_A_PAYLOAD)
         return decoded
 
     def _batch(self, namespace: str, count: int) -> tuple[DataKey, bytes]:
@@ -176,11 +196,21 @@ class EnvelopeCodec:
         seen: dict[tuple[bytes | None, ...], DataKey],
         budget: _Budget,
     ) -> bytes | None:
-        """The decrypted (and decompressed) inner payload bytes, or None when ``payload`` is not encrypted.
+        """The decrypted (and decompressed) inner payload bytes, or None when ``payload`` is not encrypted."""
+        found = self._envelope(index, payload, namespace, seen)
+        if found is None:
+            return None
+        key, algorithm = found
+        return self._decrypt(index, key, payload.data, algorithm, budget)
+
+    def _envelope(
+        self, index: int, payload: Payload, namespace: str, seen: dict[tuple[bytes | None, ...], DataKey]
+    ) -> tuple[DataKey, str | None] | None:
+        """The data key and compression algorithm of an encrypted payload, its envelope checked; None
+        when ``payload`` is not encrypted.
 
         ``seen`` remembers, for one batch, the data key of each envelope already
-        checked: payloads of one batch mostly share a data key. ``budget`` is what
-        the batch may still decompress.
+        checked: payloads of one batch mostly share a data key.
         """
         metadata = payload.metadata
         if metadata.get(envelope.ENCODING_KEY) != envelope.ENCODING:
@@ -197,8 +227,11 @@ class EnvelopeCodec:
             raise errors.PayloadError(
                 index, f"unexpected metadata {extra[0][:40]!r} on an encrypted payload: it was altered"
             )
+        return key, algorithm
+
+    def _decrypt(self, index: int, key: DataKey, data: bytes, algorithm: str | None, budget: _Budget) -> bytes:
         try:
-            plaintext = key.decrypt(payload.data, algorithm)
+            plaintext = key.decrypt(data, algorithm)
         except envelope.AuthenticationFailed:
             raise errors.DecryptionError(index) from None
         return plaintext if algorithm is None else budget.decompress(index, algorithm, plaintext)
@@ -228,6 +261,62 @@ _ENVELOPE_KEYS = (
 )
 _NOT_A_PAYLOAD = "decrypted data is not a serialized Payload"
 _COMPRESSIONS = {name.encode(): name for name in envelope.COMPRESSIONS}
+
+
+class _Envelopes:
+    """The envelopes one batch checked, by the bytes of their metadata as the client serialized them.
+
+    A payload's bytes are its fields in any order; a client serializes the payloads of one batch
+    alike. When a checked payload ends with its data field, everything before that field is its
+    metadata (and whatever else it carried): a later payload made of those same bytes followed by a
+    data field alone parses to the same metadata with other data, so it has the same data key and
+    the same checks pass; only its data remains to decrypt. Anything else is parsed and checked.
+    """
+
+    __slots__ = ("_known",)
+
+    _LIMIT = 8  # envelopes remembered per batch: a batch under many data keys is parsed as before
+
+    def __init__(self) -> None:
+        self._known: list[tuple[bytes, DataKey, str | None]] = []
+
+    def match(self, raw: bytes) -> tuple[DataKey, str | None, bytes] | None:
+        """The data key, algorithm and data of ``raw`` when it is a known envelope with other data."""
+        for head, key, algorithm in self._known:
+            if not raw.startswith(head):
+                continue
+            start = len(head)
+            if len(raw) <= start + 1 or raw[start] != _DATA_TAG:
+                return None
+            try:
+                length, begin = protowire.read_varint(raw, start + 1)
+            except protowire.WireError:
+                return None
+            if begin + length != len(raw):
+                return None
+            return key, algorithm, raw[begin:]
+        return None
+
+    def learn(self, raw: bytes, data: bytes, key: DataKey, algorithm: str | None) -> None:
+        """Remember a checked envelope's metadata bytes, when ``raw`` ends with its data field."""
+        if len(self._known) >= self._LIMIT:
+            return
+        field = bytes((_DATA_TAG,)) + protowire.varint(len(data))
+        head_size = len(raw) - len(data) - len(field)
+        if head_size > 0 and raw.endswith(data) and raw[head_size : head_size + len(field)] == field:
+            self._known.append((raw[:head_size], key, algorithm))
+
+
+_DATA_TAG = 0x12  # Payload.data: field 2, length-delimited
+
+
+def _parses_as_payloads(serialized: list[bytes]) -> bool:
+    """Whether each of ``serialized`` is a serialized Payload: one parse of them all as a response."""
+    try:
+        DecodeResponse.FromString(protowire.join_response(serialized))
+    except DecodeError:
+        return False
+    return True
 
 
 class _Budget:

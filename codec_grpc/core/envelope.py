@@ -41,7 +41,10 @@ vectors; ``codec_grpc.core.compression`` compresses and decompresses.
 
 from __future__ import annotations
 
+import os
 import struct
+import threading
+import weakref
 from collections.abc import Callable, Mapping
 
 from cryptography.exceptions import InvalidTag
@@ -67,6 +70,46 @@ NONCE_SIZE = 12
 TAG_SIZE = 16
 
 NonceSource = Callable[[int], bytes]
+
+
+class RandomBlocks:
+    """A :data:`NonceSource`: ``os.urandom`` read ``block`` bytes at a time and handed out in slices,
+    each byte once.
+
+    ``os.urandom`` lets other threads run during its system call; in a busy threaded server every
+    such release hands the interpreter to another thread and back (two context switches). One read
+    per 64 KiB is one per 5,461 nonces instead of one per request. Nonces are public (they precede
+    each ciphertext); what matters is that none repeats, and the kernel's random bytes are used once
+    each. A forked child drops the block it inherited, so parent and child never share one.
+    """
+
+    def __init__(self, block: int = 64 * 1024, source: Callable[[int], bytes] = os.urandom) -> None:
+        self._block = block
+        self._source = source
+        self._lock = threading.Lock()
+        self._buffer = b""
+        self._offset = 0
+        this = weakref.ref(self)  # registered for good: it must not keep the source alive
+        os.register_at_fork(after_in_child=lambda: _drop_block(this()))
+
+    def __call__(self, size: int) -> bytes:
+        if size > self._block // 4:
+            return self._source(size)
+        with self._lock:
+            start, end = self._offset, self._offset + size
+            if end > len(self._buffer):
+                self._buffer, start, end = self._source(self._block), 0, size
+            self._offset = end
+            return self._buffer[start:end]
+
+    def _drop(self) -> None:
+        self._lock = threading.Lock()  # another thread of the parent may have held it at the fork
+        self._buffer, self._offset = b"", 0
+
+
+def _drop_block(source: RandomBlocks | None) -> None:
+    if source is not None:
+        source._drop()
 
 
 class AuthenticationFailed(Exception):

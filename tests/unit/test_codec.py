@@ -194,6 +194,18 @@ def test_decrypted_garbage_that_is_not_a_payload_is_refused(keys: StaticKeys) ->
         EnvelopeCodec(keys).decode([Payload(metadata=key.metadata, data=data)], "ns")
 
 
+def test_decrypted_garbage_is_refused_on_the_bytes_path_naming_the_payload(keys: StaticKeys) -> None:
+    """decode_serialized checks the decrypted payloads with one parse of them all; when that fails,
+    the payload at fault is found and named, wherever it is in the batch."""
+    key = keys.encryption_key("ns", "ns", 3)
+    good = key.seal(Payload(data=b"fine").SerializeToString(), bytes(12))
+    bad = key.seal(b"\xff\xff\xff", bytes(11) + b"\x01")
+    codec = EnvelopeCodec(keys)
+    assert codec.decode_serialized([good, good], "ns") == [Payload(data=b"fine").SerializeToString()] * 2
+    with pytest.raises(errors.PayloadError, match="^payload 2: decrypted data is not a serialized Payload"):
+        codec.decode_serialized([good, good, bad], "ns")
+
+
 def test_an_entry_added_to_the_envelope_is_refused(codec: EnvelopeCodec) -> None:
     encoded = codec.encode(_payloads(2), "ns")
     encoded[1].metadata["note"] = b"added later"

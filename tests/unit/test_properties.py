@@ -156,3 +156,51 @@ def test_any_alteration_is_refused_naming_the_payload(
         assert str(caught.value).startswith(f"payload {index}: ")
         if isinstance(caught.value, errors.PayloadError):
             assert caught.value.index == index
+
+
+def _byte_mutation(data: st.DataObject, raw: bytes) -> bytes:
+    """Any change to a serialized payload: a bit flipped, bytes cut, or bytes (a field, say) added."""
+    kind = data.draw(st.sampled_from(["flip", "truncate", "append", "insert"]))
+    if kind == "flip":
+        position = data.draw(st.integers(0, len(raw) * 8 - 1))
+        flipped = bytearray(raw)
+        flipped[position // 8] ^= 1 << (position % 8)
+        return bytes(flipped)
+    if kind == "truncate":
+        return raw[: data.draw(st.integers(0, len(raw) - 1))]
+    extra = data.draw(st.sampled_from([b"\x1a\x00", b"\x12\x01x", b"\x0a\x00", b"\x08\x01"]) | st.binary(max_size=8))
+    if kind == "append":
+        return raw + extra
+    position = data.draw(st.integers(0, len(raw)))
+    return raw[:position] + extra + raw[position:]
+
+
+def _alone(codec: EnvelopeCodec, raw: bytes) -> tuple[object, ...]:
+    try:
+        return ("decoded", codec.decode_serialized([raw], "ns")[0])
+    except errors.CodecError as exc:
+        return ("refused", type(exc), str(exc).removeprefix("payload 0: "))
+
+
+@examples(400)
+@given(batches, st.booleans(), st.data())
+def test_a_payload_decodes_within_its_batch_as_it_does_alone(
+    batch: list[Payload], reserialize: bool, data: st.DataObject
+) -> None:
+    """decode_serialized reads a payload serialized like an envelope checked earlier in the batch
+    without parsing it (codec._Envelopes): whatever its bytes, the answer must be the one the payload
+    gets in a batch of its own, where it is parsed and checked in full."""
+    codec = EnvelopeCodec(RotatingKeys())
+    serialized = codec.encode_serialized([p.SerializeToString(deterministic=True) for p in batch], "ns")
+    if reserialize:  # as a client that parsed the answer serializes it again (map entries in its own order)
+        serialized = [Payload.FromString(raw).SerializeToString() for raw in serialized]
+    index = data.draw(st.integers(0, len(serialized) - 1))
+    serialized[index] = _byte_mutation(data, serialized[index])
+    expected = [_alone(codec, raw) for raw in serialized]
+    try:
+        decoded = codec.decode_serialized(serialized, "ns")
+    except errors.CodecError as exc:
+        assert str(exc).startswith(f"payload {index}: ")  # the others are intact
+        assert expected[index] == ("refused", type(exc), str(exc).removeprefix(f"payload {index}: "))
+        return
+    assert [("decoded", raw) for raw in decoded] == expected
