@@ -336,7 +336,7 @@ def main() -> None:
         "--channels", type=int, default=1, help="gRPC connections per load process (WORKERS share out connections)"
     )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved measurements per server and case")
-    parser.add_argument("--only", choices=("grpc", "gateway", "compression"), help="run one section only")
+    parser.add_argument("--only", choices=("grpc", "gateway", "compression", "workflow"), help="run one section only")
     parser.add_argument(
         "--compression-levels",
         choices=("all", "default"),
@@ -346,6 +346,7 @@ def main() -> None:
     parser.add_argument(
         "--no-pin", action="store_true", help="do not pin servers to CPU 0 and the load generator to CPU 1"
     )
+    parser.add_argument("--workflows", type=int, default=200, help="workflow section: workflows per mode")
     args = parser.parse_args()
     global SERVER_CPUS, LOAD_CPUS
     if not args.no_pin and len(os.sched_getaffinity(0)) >= 2:
@@ -370,6 +371,10 @@ def main() -> None:
             from bench.compression import compression_section  # it imports this module's helpers
 
             compression_section(stack, workdir, codec, args)
+        if args.only in (None, "workflow"):
+            from bench.workflow import workflow_section  # it imports this module's helpers
+
+            workflow_section(stack, workdir, codec, args)
 
 
 if __name__ == "__main__":
