@@ -338,7 +338,7 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved measurements per server and case")
     parser.add_argument(
-        "--only", choices=("grpc", "concurrency", "gateway", "compression"), help="run one section only"
+        "--only", choices=("grpc", "concurrency", "gateway", "compression", "workflow"), help="run one section only"
     )
     parser.add_argument("--in-flight", default="1,4,16,64", help="concurrency section: calls in flight")
     parser.add_argument(
@@ -354,6 +354,7 @@ def main() -> None:
     parser.add_argument(
         "--no-pin", action="store_true", help="do not pin servers to CPU 0 and the load generator to CPU 1"
     )
+    parser.add_argument("--workflows", type=int, default=200, help="workflow section: workflows per mode")
     args = parser.parse_args()
     global SERVER_CPUS, LOAD_CPUS
     if not args.no_pin and len(os.sched_getaffinity(0)) >= 2:
@@ -382,6 +383,10 @@ def main() -> None:
             from bench.compression import compression_section  # it imports this module's helpers
 
             compression_section(stack, workdir, codec, args)
+        if args.only in (None, "workflow"):
+            from bench.workflow import workflow_section  # it imports this module's helpers
+
+            workflow_section(stack, workdir, codec, args)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""`make bench` is a tool, not a test; this runs its gateway section at a tiny scale so that
-the harness (processes, load generator, CPU accounting, table) cannot rot unnoticed."""
+"""`make bench` is a tool, not a test; this runs its gateway, compression and workflow sections at a
+tiny scale so that the harness (processes, load generator, CPU accounting, table) cannot rot unnoticed."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 from tests.support.paths import ROOT
+from tests.support.temporal import temporal_or_fail
 
 
 def test_gateway_bench_prints_a_ratio_line_per_case() -> None:
@@ -59,3 +60,26 @@ def test_compression_bench_prints_a_line_per_size_and_algorithm() -> None:
     assert sizes[0] >= 1024 and sizes[-1] >= 1024 * 1024
     assert all(float(saved) > 40 for _, algorithm, _, _, saved in rows if algorithm != "off"), result.stdout
     assert re.search(r"^ +\d+ zstd +1 \|.*(ok|MISS)$", result.stdout, re.MULTILINE), result.stdout
+
+
+def test_workflow_bench_prints_each_mode_and_the_overhead() -> None:
+    temporal_or_fail()  # the section runs the real Temporal dev server: missing, this fails, never skips
+    command = [sys.executable, "-m", "bench.run", "--only", "workflow", "--workflows", "6", "--rounds", "2"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    number = r"(\d+\.\d\d)"
+    # mode, workflows | p50, p99, mean, round p50s | worker CPU, codec server CPU (remote only), Temporal CPU
+    row = rf"^(none|remote|in-process) +6 \| +{number} +{number} +{number} +[\d.]+ to [\d.]+ "
+    row += rf"\| +{number} +(\S+) +{number}$"
+    rows = re.findall(row, result.stdout, re.MULTILINE)
+    assert [mode for mode, *_ in rows] == ["none", "remote", "in-process"], result.stdout
+    assert all(float(p50) > 0 and float(p99) >= float(p50) for _, p50, p99, *_ in rows), result.stdout
+    codec_cpu = {mode: figure for mode, _, _, _, _, figure, _ in rows}
+    assert re.fullmatch(r"\d+\.\d\d", codec_cpu["remote"]) and codec_cpu["none"] == codec_cpu["in-process"] == "-"
+    overhead = r"^  (remote|in-process) +[+-]\d+\.\d\d ms = [+-]\d+\.\d% of none's p50, [+-]\d+\.\d% of its own;"
+    assert re.findall(overhead, result.stdout, re.MULTILINE) == ["remote", "in-process"], result.stdout
+    assert re.search(r"^  remote .* (ok|MISS)$", result.stdout, re.MULTILINE), result.stdout
+    assert "in-process worker's stored result: same format ok" in result.stdout
+    burst = rf"^(none|remote|in-process) +6 \| +{number} +{number} +\d+\.\d \| +{number} +\S+$"
+    assert [mode for mode, *_ in re.findall(burst, result.stdout, re.MULTILINE)] == ["none", "remote", "in-process"]
+    assert "gRPC CodecService vs echo server" not in result.stdout  # --only workflow
