@@ -140,6 +140,25 @@ class EnvelopeCodec:
                     sealed.append(key.seal(packed, nonce, compressor.name))
         return sealed
 
+    def encode_response(self, payloads: list[bytes], namespace: str, *, checked: bool = False) -> bytes:
+        """The serialized ``EncodeResponse`` of :meth:`encode_serialized`'s answers, built as they are
+        sealed when nothing is compressed (the common case: one pass over the payloads).
+
+        Consumes ``payloads``: once the data key is found (after anything that may make the caller
+        run the call again, as :class:`~codec_grpc.keys.WouldBlock`), each is dropped from the list
+        as it is sealed, so that a large request is not held twice while its answer is built."""
+        if not payloads or self._compression.algorithm is not None:
+            answers = self.encode_serialized(payloads, namespace, checked=checked)
+            payloads.clear()
+            return protowire.join_response(answers)
+        if not checked:
+            for index, raw in enumerate(payloads):
+                _parse(index, raw, "not a serialized Payload")
+        key, nonces = self._batch(namespace, len(payloads))
+        records = key.seal_records(payloads, nonces, consume=True)
+        payloads.clear()
+        return b"".join(records)
+
     def decode(self, payloads: Sequence[Payload], namespace: str) -> list[Payload]:
         decoded: list[Payload] = []
         seen: dict[tuple[bytes | None, ...], DataKey] = {}

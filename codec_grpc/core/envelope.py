@@ -45,7 +45,7 @@ import os
 import struct
 import threading
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -208,6 +208,29 @@ class DataKey:
         form = self._formats[compression]
         sealed = self._aead.encrypt(nonce, payload, form.aad)
         return b"".join((form.prefix, protowire.varint(len(nonce) + len(sealed)), nonce, sealed))
+
+    def seal_records(
+        self, payloads: Sequence[bytes], nonces: bytes, field_tag: bytes = b"\x0a", *, consume: bool = False
+    ) -> list[bytes]:
+        """:meth:`seal` of each payload (version 1, not compressed) with its ``NONCE_SIZE`` bytes of
+        ``nonces``, each already framed as a field of a response (``field_tag``, then its length):
+        joined, they are the serialized response. One pass instead of sealing, then framing.
+
+        ``consume`` (``payloads`` a list): each payload is dropped from the list once sealed, so that
+        a large request is not held twice while its answer grows."""
+        form = self._formats[None]
+        prefix, aad, encrypt = form.prefix, form.aad, self._aead.encrypt
+        prefix_size, varint = len(prefix), protowire.varint
+        records = []
+        for index, payload in enumerate(payloads):
+            nonce = nonces[index * NONCE_SIZE : (index + 1) * NONCE_SIZE]
+            sealed = encrypt(nonce, payload, aad)
+            data_size = varint(NONCE_SIZE + len(sealed))
+            size = varint(prefix_size + len(data_size) + NONCE_SIZE + len(sealed))
+            records.append(b"".join((field_tag, size, prefix, data_size, nonce, sealed)))
+            if consume:
+                payloads[index] = b""  # type: ignore[index]  # a list, as documented
+        return records
 
     def decrypt(self, data: bytes, compression: str | None = None) -> bytes:
         """Reverse :meth:`encrypt`; raise :class:`AuthenticationFailed` on any mismatch."""

@@ -343,7 +343,7 @@ def test_unexpected_error_is_internal_without_details(
     def broken(*_: object, **__: object) -> list[bytes]:
         raise ZeroDivisionError("secret-looking detail")
 
-    monkeypatch.setattr(EnvelopeCodec, "encode_serialized", broken)
+    monkeypatch.setattr(EnvelopeCodec, "encode_response", broken)
     with pytest.raises(grpc.RpcError) as caught:
         encode(server, payloads(1))
     assert caught.value.code() == grpc.StatusCode.INTERNAL

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from codec_grpc import errors
+from codec_grpc.core import protowire
 from codec_grpc.core.codec import EnvelopeCodec
 from codec_grpc.v1.codec_pb2 import Payload
 from tests.support.fakes import FAKE_ARN, StaticKeys
@@ -237,3 +238,13 @@ def test_a_key_id_that_is_not_a_key_arn_is_refused_short_and_escaped(codec: Enve
         codec.decode([altered], "ns")
     message = str(caught.value)
     assert len(message) < 200 and "\n" not in message
+
+
+def test_the_one_pass_response_is_the_framed_answers_byte_for_byte(keys: StaticKeys) -> None:
+    """encode_response (what the service sends) equals encode_serialized's answers framed as an
+    EncodeResponse, with the same nonces; and it takes the payloads out of the list it is given."""
+    fixed = EnvelopeCodec(keys, nonces=bytes)  # zeros: the same nonces for both (a test, not a use)
+    raw = [p.SerializeToString() for p in _payloads(3)] + [b"", b"\x0a\x00" * 200]
+    given = list(raw)
+    assert fixed.encode_response(given, "ns") == protowire.join_response(fixed.encode_serialized(raw, "ns"))
+    assert given == []

@@ -61,10 +61,13 @@ def test_at_most_running_calls_run_at_once_and_the_rest_queue() -> None:
     pool.shutdown()
 
 
-def test_one_call_after_another_reuses_one_thread() -> None:
-    pool = CallExecutor(running=4, max_threads=16)
-    names = {pool.submit(lambda: threading.current_thread().name).result(WAIT) for _ in range(20)}
-    assert len(names) == 1
+def test_one_call_after_another_reuses_the_threads_it_started() -> None:
+    """Threads start for turns, not for calls: a call may come before the thread that answered the
+    last one is idle again (so a second one starts), but never more than the turns."""
+    pool = CallExecutor(running=2, max_threads=16)
+    names = {pool.submit(lambda: threading.current_thread().name).result(WAIT) for _ in range(50)}
+    assert 1 <= len(names) <= 2
+    assert pool.threads <= 2
     pool.shutdown()
 
 

@@ -15,7 +15,7 @@ from codec_grpc import errors
 from codec_grpc.core import envelope
 from codec_grpc.core.codec import EnvelopeCodec
 from codec_grpc.core.envelope import DataKey
-from codec_grpc.v1.codec_pb2 import Payload
+from codec_grpc.v1.codec_pb2 import EncodeResponse, Payload
 from tests.support.fuzzing import examples
 
 pytestmark = pytest.mark.fuzz
@@ -77,6 +77,11 @@ def test_any_payload_round_trips_on_both_paths(batch: list[Payload], bind: bool)
     assert codec.decode([Payload.FromString(e) for e in encoded], "ns") == batch
     objects = codec.encode(batch, "ns")
     assert codec.decode_serialized([p.SerializeToString() for p in objects], "ns") == raw
+    # the service's one-pass response builder: a serialized EncodeResponse of the same answers
+    consumed = list(raw)
+    response = EncodeResponse.FromString(codec.encode_response(consumed, "ns"))
+    assert consumed == []
+    assert codec.decode_serialized([p.SerializeToString() for p in response.payloads], "ns") == raw
 
 
 @examples(200)
