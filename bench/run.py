@@ -8,8 +8,10 @@ same serialized requests from a separate load process (bench/load.py).
 Server CPU comes from the OS accounting of every process of the server
 (/proc/PID/stat, children included), so the load generator and other noise drop
 out. The ratio echo ÷ ours is 1.0 when encrypting costs nothing beyond echoing.
-``--only grpc``, ``--only concurrency``, ``--only gateway`` or ``--only compression`` runs one
-section; the concurrency section (bench/concurrency.py) keeps 1 to 64 calls in flight, pinned and not.
+``--only grpc``, ``--only concurrency``, ``--only gateway``, ``--only compression`` or ``--only
+workflow`` runs one section; the concurrency section (bench/concurrency.py) keeps 1 to 64 calls in
+flight, pinned and not; the workflow section (bench/workflow.py) runs workflows on a real Temporal
+dev server with no codec, this codec remote and in-process.
 """
 
 from __future__ import annotations

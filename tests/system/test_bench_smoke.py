@@ -35,9 +35,10 @@ def test_concurrency_bench_prints_a_line_per_case_pinned_and_not() -> None:
     command += ["--rounds", "1", "--batches", "1,100", "--in-flight", "1,16"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=360, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
-    # rpc, batch, in flight | echo µs, ours µs, ratio, [target] | echo pl/s, ours pl/s, tput | p50, p99
+    # rpc, batch, in flight | echo µs, ours µs, ratio, median ratio, [target] | echo pl/s, ours pl/s, tput
     row = (
-        r"^(Encode|Decode) +(\d+) +(\d+) \| +\d+\.\d +\d+\.\d +(\d+\.\d\d) +(?:≥[0-9.]+)? *\| +\d+ +\d+ +(\d+\.\d\d) \|"
+        r"^(Encode|Decode) +(\d+) +(\d+) \| +\d+\.\d +\d+\.\d +(\d+\.\d\d) +\d+\.\d\d +(?:≥[0-9.]+)? *\| "
+        r"+\d+ +\d+ +(\d+\.\d\d) \|"
     )
     rows = re.findall(row, result.stdout, re.MULTILINE)
     cases = [("Encode", "1", n) for n in ("1", "16")] + [
