@@ -13,15 +13,12 @@ issue's target: ≥ 0.85 at batch 1 with 64 in flight, unpinned). p50/p99 are pe
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 from contextlib import ExitStack
 from pathlib import Path
 
-from bench.run import ALL_CPUS, Codec, Result, measure, process, rss_mib, start_codec
+from bench.run import ALL_CPUS, Codec, Result, json_payload, measure, rss_mib, start_codec, start_echo
 from codec_grpc.v1 import codec_pb2 as pb
-from tests.support.fixtures import free_port
 
 # echo ÷ ours server CPU per payload, unpinned, at 16 and 64 in flight (issue 15).
 TARGETS = {("Encode", 1): 0.85, ("Encode", 10): 0.8, ("Encode", 100): 0.7, ("Decode", 100): 0.7}
@@ -32,20 +29,10 @@ CALLS = {1: 3000, 10: 1500, 100: 300}
 
 
 def concurrency_section(stack: ExitStack, workdir: Path, codec: Codec, args: argparse.Namespace) -> None:
-    echo_port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    echo = stack.enter_context(
-        process(
-            [sys.executable, "-m", "bench.echo_server", "--port", str(echo_port)],
-            env,
-            echo_port,
-            workdir / "echo-concurrency.log",
-        )
-    )
+    echo, echo_port = start_echo(stack, workdir, "echo-concurrency.log")
     # The production default: metrics on (every call counted).
     ours = start_codec(stack, workdir, args.workers, metrics=True, kms_of=codec)
-    body = (b'{"v":"' + os.urandom(args.payload_bytes).hex().encode())[: args.payload_bytes - 2] + b'"}'
-    payload = pb.Payload(metadata={"encoding": b"json/plain"}, data=body)
+    payload = json_payload(args.payload_bytes)
     levels = [int(n) for n in args.in_flight.split(",")]
     cases = [c for c in CASES if c[1] in args.batch_list]
     pinnings: list[tuple[str, tuple[set[int] | None, set[int] | None]]] = []

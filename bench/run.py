@@ -267,23 +267,27 @@ def start_codec(
     return Codec(server.pid, port, codec_env, codec_pb2_grpc.CodecServiceStub(channel))
 
 
+def start_echo(stack: ExitStack, workdir: Path, log_name: str) -> tuple[subprocess.Popen[bytes], int]:
+    """bench/echo_server.py on a free loopback port (no AWS settings: it needs none); its process and port."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    command = [sys.executable, "-m", "bench.echo_server", "--port", str(port)]
+    return stack.enter_context(process(command, env, port, workdir / log_name)), port
+
+
+def json_payload(size: int) -> pb.Payload:
+    """A payload of ``size`` bytes of JSON (a random hex string), as a worker's json/plain payloads are."""
+    body = (b'{"v":"' + os.urandom(size).hex().encode())[: size - 2] + b'"}'
+    return pb.Payload(metadata={"encoding": b"json/plain"}, data=body)
+
+
 def grpc_section(stack: ExitStack, workdir: Path, codec: Codec, args: argparse.Namespace) -> None:
     """The codec server, with and without metrics, against the echo server, per payload."""
-    echo_port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    echo = stack.enter_context(
-        process(
-            [sys.executable, "-m", "bench.echo_server", "--port", str(echo_port)],
-            env,
-            echo_port,
-            workdir / "echo.log",
-        )
-    )
+    echo, echo_port = start_echo(stack, workdir, "echo.log")
     # The production default (METRICS_ENABLED=true: every call counted) and METRICS_ENABLED=false.
     metered = start_codec(stack, workdir, args.workers, metrics=True, kms_of=codec)
     stub = codec.stub
-    body = (b'{"v":"' + os.urandom(args.payload_bytes).hex().encode())[: args.payload_bytes - 2] + b'"}'
-    payload = pb.Payload(metadata={"encoding": b"json/plain"}, data=body)
+    payload = json_payload(args.payload_bytes)
     print(f"\ngRPC CodecService vs echo server (codec WORKERS={args.workers}), server CPU per payload")
     print("ours: METRICS_ENABLED=true (the default); ours/nm: METRICS_ENABLED=false (calls not counted)")
     header = (
