@@ -123,8 +123,7 @@ class EnvelopeCodec:
         if not payloads:
             return []
         if not checked:
-            for index, raw in enumerate(payloads):
-                _parse(index, raw, "not a serialized Payload")
+            _check_payloads(payloads)
         key, nonces = self._batch(namespace, len(payloads))
         size = envelope.NONCE_SIZE
         if self._compression.algorithm is None:
@@ -152,8 +151,7 @@ class EnvelopeCodec:
             payloads.clear()
             return protowire.join_response(answers)
         if not checked:
-            for index, raw in enumerate(payloads):
-                _parse(index, raw, "not a serialized Payload")
+            _check_payloads(payloads)
         key, nonces = self._batch(namespace, len(payloads))
         records = key.seal_records(payloads, nonces, consume=True)
         payloads.clear()
@@ -383,6 +381,12 @@ def _compression(index: int, value: bytes | None) -> str | None:
             f"unsupported {envelope.COMPRESSION_KEY} ({shown}); this codec supports {', '.join(envelope.COMPRESSIONS)}",
         )
     return algorithm
+
+
+def _check_payloads(payloads: Sequence[bytes]) -> None:
+    """Each of ``payloads`` must be a serialized Payload; the first that is not is named."""
+    for index, raw in enumerate(payloads):
+        _parse(index, raw, "not a serialized Payload")
 
 
 def _parse(index: int, raw: bytes, problem: str) -> Payload:

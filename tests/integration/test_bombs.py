@@ -35,7 +35,7 @@ from codec_grpc.rpc.server import CONCURRENT_RPCS_PER_WORKER, ServerOptions
 from codec_grpc.service import SERVICE_NAME
 from codec_grpc.v1 import codec_pb2 as pb
 from tests.support.fixtures import REGION, RunningCodec, free_port, wait_for_port
-from tests.support.gateway import UI_ORIGIN, Gateway, assert_cors, plain_payload
+from tests.support.gateway import UI_ORIGIN, Gateway, assert_cors, plain_payload, post_for_error
 from tests.support.jwks import AUDIENCE, ISSUER, Jwks
 from tests.support.server_process import DelayingKmsProxy, ServerProcess
 
@@ -101,14 +101,7 @@ class ServerMemory:
         return self.status()["VmHWM"]
 
     def post(self, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, str]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
-        try:
-            connection.request("POST", "/encode", body=body, headers={**JSON, **(headers or {})})
-            response = connection.getresponse()
-            answer = response.read()
-        finally:
-            connection.close()
-        return response.status, json.loads(answer).get("error", "") if response.status != 200 else ""
+        return post_for_error(self.port, "/encode", body, {**JSON, **(headers or {})})
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ the payload) with server.py's peak resident memory measured from /proc."""
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import os
 import zlib
@@ -28,6 +27,7 @@ from tests.integration.test_bombs import ServerMemory
 from tests.integration.test_fuzz import mutated
 from tests.support.fixtures import REGION, RunningCodec, free_port, wait_for_port
 from tests.support.fuzzing import assert_healthy, examples
+from tests.support.gateway import post_for_error
 from tests.support.server_process import ServerProcess
 
 MiB = 1024 * 1024
@@ -108,15 +108,8 @@ class Server(ServerMemory):
                 ]
             }
         )
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
-        try:
-            headers = {"Content-Type": "application/json", "X-Namespace": "default"}
-            connection.request("POST", "/decode", body=body, headers=headers)
-            response = connection.getresponse()
-            answer = response.read()
-        finally:
-            connection.close()
-        return response.status, json.loads(answer).get("error", "") if response.status != 200 else ""
+        headers = {"Content-Type": "application/json", "X-Namespace": "default"}
+        return post_for_error(self.port, "/decode", body.encode(), headers)
 
 
 @pytest.fixture

@@ -57,10 +57,16 @@ def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen[Any] 
 
 @pytest.fixture(scope="session")
 def kms_endpoint() -> Iterator[str]:
+    yield from loopback_server([str(Path(sys.executable).with_name("moto_server"))])
+
+
+def loopback_server(command: list[str], cwd: Path | None = None) -> Iterator[str]:
+    """Run ``command -H 127.0.0.1 -p PORT`` (moto's server, or a patched one) on a free port; yields
+    its URL while it runs."""
     port = free_port()
-    moto = Path(sys.executable).with_name("moto_server")
     proc = subprocess.Popen(
-        [str(moto), "-H", "127.0.0.1", "-p", str(port)],
+        [*command, "-H", "127.0.0.1", "-p", str(port)],
+        cwd=cwd,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -193,3 +193,16 @@ def start_gateway(
 @pytest.fixture
 def gateway(start_gateway: Callable[..., Gateway]) -> Gateway:
     return start_gateway()
+
+
+def post_for_error(port: int, path: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, str]:
+    """POST ``body`` to 127.0.0.1:``port`` (a 120 s timeout, for servers measured under load); the
+    status and, unless it is 200, the answer's ``error``."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        connection.request("POST", path, body=body, headers=dict(headers))
+        response = connection.getresponse()
+        answer = response.read()
+    finally:
+        connection.close()
+    return response.status, json.loads(answer).get("error", "") if response.status != 200 else ""

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import contextlib
-import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.support.fixtures import TEST_CREDENTIALS, free_port, wait_for_port
+from tests.support.fixtures import TEST_CREDENTIALS, loopback_server
 from tests.support.kms_proxy import KmsProxy
 from tests.support.paths import ROOT
 
@@ -32,19 +31,7 @@ EAST, WEST = "us-east-1", "us-west-2"
 
 @pytest.fixture(scope="session")
 def mrk_kms_endpoint() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.mrk_moto", "-H", "127.0.0.1", "-p", str(port)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port, proc=proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    yield from loopback_server([sys.executable, "-m", "tests.support.mrk_moto"], cwd=ROOT)
 
 
 def region_client(endpoint: str, region: str) -> Any:
